@@ -1,0 +1,2 @@
+//! The `aloft` operator CLI.
+fn main() {}

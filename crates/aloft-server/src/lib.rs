@@ -1,0 +1,1 @@
+//! Aloft's OTA server.

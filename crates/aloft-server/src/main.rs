@@ -1,0 +1,2 @@
+//! The `aloft-server` binary.
+fn main() {}
