@@ -1,0 +1,1 @@
+//! Aloft's rollout policy engine (sans-IO).
