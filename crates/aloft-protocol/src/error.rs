@@ -95,6 +95,16 @@ pub enum Error {
     PayloadTooLong,
     /// The content key could not be unwrapped with this device's key.
     UnwrapFailed,
+    /// A device message is bound to another session's challenge.
+    ChallengeMismatch,
+    /// A device message's sequence number is not the expected one
+    /// (replayed, dropped or reordered within the session).
+    SequenceMismatch {
+        /// The sequence number the session expects next.
+        expected: u64,
+        /// The message's sequence number.
+        got: u64,
+    },
 }
 
 impl fmt::Display for Error {
@@ -106,7 +116,10 @@ impl fmt::Display for Error {
             Self::InvalidKey => f.write_str("invalid P-256 public key"),
             Self::BadSignature => f.write_str("signature does not verify"),
             Self::ThresholdNotMet { needed, valid } => {
-                write!(f, "signature threshold not met: {valid} of {needed} required")
+                write!(
+                    f,
+                    "signature threshold not met: {valid} of {needed} required"
+                )
             }
             Self::InvalidThreshold => f.write_str("invalid signature threshold"),
             Self::Expired { expires_at, now } => {
@@ -134,8 +147,14 @@ impl fmt::Display for Error {
                 "server time {} is older than attested time {}",
                 offered.0, floor.0
             ),
-            Self::ImageTooLarge { image_len, capacity } => {
-                write!(f, "image of {image_len} bytes exceeds slot of {capacity} bytes")
+            Self::ImageTooLarge {
+                image_len,
+                capacity,
+            } => {
+                write!(
+                    f,
+                    "image of {image_len} bytes exceeds slot of {capacity} bytes"
+                )
             }
             Self::ChunkAuthentication { index } => {
                 write!(f, "payload chunk {index} failed authentication")
@@ -143,6 +162,15 @@ impl fmt::Display for Error {
             Self::ChunkLength { index } => write!(f, "payload chunk {index} has the wrong length"),
             Self::PayloadTooLong => f.write_str("payload is longer than the manifest allows"),
             Self::UnwrapFailed => f.write_str("content key cannot be unwrapped by this device"),
+            Self::ChallengeMismatch => {
+                f.write_str("device message is bound to another session's challenge")
+            }
+            Self::SequenceMismatch { expected, got } => {
+                write!(
+                    f,
+                    "device message sequence number {got}, expected {expected}"
+                )
+            }
         }
     }
 }
