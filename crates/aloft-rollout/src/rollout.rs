@@ -111,6 +111,7 @@ impl RolloutSpec {
     /// Builds a spec from a `CreateRolloutRequest`; the server supplies the
     /// release's version. `max_concurrent = 0` in the request is kept as "no
     /// per-rollout cap": the server substitutes its default first if it has one.
+    /// `start_paused` is not part of the spec: pass it to [`Rollout::new`].
     pub fn from_proto(
         req: &pb::CreateRolloutRequest,
         target_version: Version,
