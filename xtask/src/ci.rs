@@ -1,0 +1,374 @@
+//! `cargo xtask ci`: every check CI runs, in order, stopping at the first
+//! failure.
+//!
+//! 1. rustfmt (`--check`) on the workspace and on `crates/nostd-check`;
+//! 2. clippy with `-D warnings`: the whole workspace with all features and
+//!    all targets, then the no_std crates with their default (device)
+//!    feature set, which `--all-features` never builds;
+//! 3. the tests: `cargo nextest run` when cargo-nextest is installed, else
+//!    `cargo test`, then the doctests (nextest does not run them);
+//! 4. the no_std proof: build `crates/nostd-check` (see its crate docs);
+//! 5. `cargo deny check` against `deny.toml` (skipped by `--quick`).
+//!
+//! Environment: `ALOFT_NO_NEXTEST=1` forces the `cargo test` fallback;
+//! `ALOFT_DENY_ADVISORIES=1` also checks security advisories (which needs
+//! the advisory database, fetched over the network).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::cmd::{Cmd, workspace_root};
+
+/// Options of `cargo xtask ci`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Skip cargo-deny (for a fast local loop; CI runs everything).
+    #[arg(long)]
+    quick: bool,
+}
+
+/// The crates that must stay `no_std`, checked with their default features.
+/// Each must also be linked by `crates/nostd-check`.
+const NO_STD_CRATES: &[&str] = &["aloft-protocol", "aloft-device"];
+
+/// Manifest of the no_std proof crate, relative to the workspace root.
+const NOSTD_MANIFEST: &str = "crates/nostd-check/Cargo.toml";
+
+/// cargo-deny release installed when it is missing (pinned so `deny.toml`
+/// keeps meaning the same thing).
+const CARGO_DENY_VERSION: &str = "0.20.2";
+
+type Step = fn() -> Result<()>;
+
+/// Runs the CI steps.
+pub fn run(args: &Args) -> Result<()> {
+    let mut steps: Vec<(&str, Step)> = vec![
+        ("rustfmt", fmt),
+        ("clippy", clippy),
+        ("tests", tests),
+        ("no_std proof", nostd),
+    ];
+    if args.quick {
+        println!("--quick: cargo-deny will be skipped");
+    } else {
+        steps.push(("cargo-deny", deny));
+    }
+
+    let started = Instant::now();
+    let mut timings = Vec::new();
+    for (index, (name, step)) in steps.iter().enumerate() {
+        println!("\n==> [{}/{}] {name}", index + 1, steps.len());
+        let step_started = Instant::now();
+        let result = step();
+        timings.push((*name, step_started.elapsed()));
+        if let Err(err) = result {
+            print_timings(&timings, started.elapsed());
+            return Err(err.context(format!(
+                "CI FAILED at step {}/{}: {name}",
+                index + 1,
+                steps.len()
+            )));
+        }
+    }
+    print_timings(&timings, started.elapsed());
+    println!(
+        "\nCI passed{}",
+        if args.quick {
+            " (--quick: cargo-deny skipped)"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
+
+fn print_timings(timings: &[(&str, Duration)], total: Duration) {
+    println!("\n==> timings");
+    for (name, took) in timings {
+        println!("    {name:<14} {}", human(*took));
+    }
+    println!("    {:<14} {}", "total", human(total));
+}
+
+fn human(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs >= 60 {
+        format!("{}m{:02}s", secs / 60, secs % 60)
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
+fn fmt() -> Result<()> {
+    Cmd::cargo(["fmt", "--all", "--", "--check"])
+        .run()
+        .context("code is not formatted: run `cargo fmt --all`")?;
+    Cmd::cargo(["fmt", "--manifest-path", NOSTD_MANIFEST, "--", "--check"])
+        .run()
+        .with_context(|| format!("run `cargo fmt --manifest-path {NOSTD_MANIFEST}`"))
+}
+
+fn clippy() -> Result<()> {
+    Cmd::cargo([
+        "clippy",
+        "--locked",
+        "--workspace",
+        "--all-targets",
+        "--all-features",
+        "--",
+        "-D",
+        "warnings",
+    ])
+    .run()?;
+    // The device build: default features, library only (test targets would
+    // pull in std-enabling dev-dependencies).
+    let mut packages = Vec::new();
+    for krate in NO_STD_CRATES {
+        packages.extend(["-p", krate]);
+    }
+    Cmd::cargo(["clippy", "--locked", "--lib"])
+        .args(packages)
+        .args(["--", "-D", "warnings"])
+        .run()
+}
+
+fn tests() -> Result<()> {
+    let nextest = std::env::var_os("ALOFT_NO_NEXTEST").is_none()
+        && Cmd::cargo(["nextest", "--version"]).succeeds();
+    if nextest {
+        // nextest prints its own closing `Summary [...] N tests run: ...` line.
+        Cmd::cargo([
+            "nextest",
+            "run",
+            "--locked",
+            "--workspace",
+            "--all-features",
+            "--no-fail-fast",
+        ])
+        .run()?;
+    } else {
+        println!("cargo-nextest not found (or ALOFT_NO_NEXTEST set): using cargo test");
+        let (lines, ok) = Cmd::cargo([
+            "test",
+            "--locked",
+            "--workspace",
+            "--all-features",
+            "--no-fail-fast",
+        ])
+        .run_tee()?;
+        let totals = Totals::parse(&lines);
+        println!("Summary: {totals} (cargo test)");
+        if !ok {
+            bail!("tests failed");
+        }
+        if totals.passed == 0 {
+            bail!("no test ran");
+        }
+    }
+    // Same features as above, so the libraries built for the tests are reused.
+    let (lines, ok) =
+        Cmd::cargo(["test", "--locked", "--workspace", "--all-features", "--doc"]).run_tee()?;
+    println!("Summary: {} (doctests)", Totals::parse(&lines));
+    if !ok {
+        bail!("doctests failed");
+    }
+    Ok(())
+}
+
+/// Where the no_std proof builds: `nostd-check/` under the target dir, so
+/// `cargo clean` covers it and the crate directory stays clean.
+fn nostd_target_dir() -> Result<PathBuf> {
+    let base = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => std::env::current_dir()
+            .context("current directory")?
+            .join(dir),
+        None => workspace_root().join("target"),
+    };
+    Ok(base.join("nostd-check"))
+}
+
+fn nostd() -> Result<()> {
+    let target_dir = nostd_target_dir()?;
+    let common = |sub: &str| {
+        Cmd::cargo([
+            sub,
+            "--locked",
+            "--manifest-path",
+            NOSTD_MANIFEST,
+            "--target-dir",
+        ])
+        .args([&target_dir])
+    };
+    let hint = || {
+        format!(
+            "the no_std proof failed to build.\n\
+             - `duplicate lang item panic_impl` (or `unwinding panics are not supported \
+             without std`): std crept into the graph of {crates}; find who pulls it with \
+             `cargo tree --manifest-path {NOSTD_MANIFEST} -e features -i <crate>`.\n\
+             - `cannot update the lock file`: a dependency of {crates} changed; run \
+             `cargo update --manifest-path {NOSTD_MANIFEST} --workspace` and commit \
+             crates/nostd-check/Cargo.lock.",
+            crates = NO_STD_CRATES.join(", ")
+        )
+    };
+    common("clippy")
+        .args(["--", "-D", "warnings"])
+        .run()
+        .with_context(hint)?;
+    common("build").run().with_context(hint)
+}
+
+/// Whether the advisory check runs, and why.
+enum Advisories {
+    /// `ALOFT_DENY_ADVISORIES=1`: fetch the database and check.
+    Fetch,
+    /// A database is already on disk: check against it without fetching.
+    Local,
+    /// No database and no network for it: skipped, and said so.
+    Skip,
+}
+
+fn deny() -> Result<()> {
+    if !Cmd::cargo(["deny", "--version"]).succeeds() {
+        println!(
+            "cargo-deny not found: installing it with \
+             `cargo install --locked cargo-deny --version {CARGO_DENY_VERSION}` \
+             (a few minutes on 2 cores; once per machine)"
+        );
+        let started = Instant::now();
+        Cmd::cargo([
+            "install",
+            "--locked",
+            "cargo-deny",
+            "--version",
+            CARGO_DENY_VERSION,
+        ])
+        .run()
+        .context("installing cargo-deny")?;
+        println!("cargo-deny installed in {}", human(started.elapsed()));
+    }
+
+    let advisories = if std::env::var_os("ALOFT_DENY_ADVISORIES").is_some_and(|v| v == "1") {
+        Advisories::Fetch
+    } else if advisory_db_present() {
+        Advisories::Local
+    } else {
+        Advisories::Skip
+    };
+    let mut args = vec!["deny", "--locked", "check"];
+    match advisories {
+        Advisories::Fetch => args.push("advisories"),
+        Advisories::Local => args.extend(["--disable-fetch", "advisories"]),
+        Advisories::Skip => println!("{ADVISORIES_SKIPPED}"),
+    }
+    args.extend(["licenses", "bans", "sources"]);
+    Cmd::cargo(args)
+        .run()
+        .context("cargo deny found a problem (see deny.toml)")?;
+    if matches!(advisories, Advisories::Skip) {
+        println!("{ADVISORIES_SKIPPED}");
+    }
+    Ok(())
+}
+
+const ADVISORIES_SKIPPED: &str = "NOTE: cargo-deny advisories SKIPPED: the advisory database is \
+     not on this machine and cannot be fetched offline. Checked: licenses, bans, sources. \
+     Set ALOFT_DENY_ADVISORIES=1 where the network allows it.";
+
+/// Whether cargo-deny's advisory database (default location:
+/// `$CARGO_HOME/advisory-dbs`) has anything in it.
+fn advisory_db_present() -> bool {
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    cargo_home
+        .and_then(|home| std::fs::read_dir(home.join("advisory-dbs")).ok())
+        .is_some_and(|mut entries| entries.next().is_some())
+}
+
+/// Sums of the `test result:` lines printed by `cargo test`.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Totals {
+    fn parse(lines: &[String]) -> Self {
+        let mut totals = Self::default();
+        for line in lines {
+            let Some(rest) = line.trim().strip_prefix("test result: ") else {
+                continue;
+            };
+            let Some((_, counts)) = rest.split_once(". ") else {
+                continue;
+            };
+            for part in counts.split("; ") {
+                let mut words = part.split_whitespace();
+                let (Some(n), Some(what)) = (words.next(), words.next()) else {
+                    continue;
+                };
+                let Ok(n) = n.parse::<u64>() else { continue };
+                match what {
+                    "passed" => totals.passed += n,
+                    "failed" => totals.failed += n,
+                    "ignored" => totals.ignored += n,
+                    _ => {}
+                }
+            }
+        }
+        totals
+    }
+}
+
+impl std::fmt::Display for Totals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} tests run: {} passed, {} failed, {} ignored",
+            self.passed + self.failed,
+            self.passed,
+            self.failed,
+            self.ignored
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_sum_every_result_line() {
+        let lines: Vec<String> = [
+            "running 3 tests",
+            "test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s",
+            "   Doc-tests aloft_protocol",
+            "test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.20s",
+            "test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            Totals::parse(&lines),
+            Totals {
+                passed: 5,
+                failed: 1,
+                ignored: 1
+            }
+        );
+        assert_eq!(
+            Totals::parse(&lines).to_string(),
+            "6 tests run: 5 passed, 1 failed, 1 ignored"
+        );
+    }
+
+    #[test]
+    fn totals_of_no_result_line_is_zero() {
+        let lines = vec![String::from("warning: no tests")];
+        assert_eq!(Totals::parse(&lines), Totals::default());
+    }
+}
