@@ -257,11 +257,15 @@ fn deny() -> Result<()> {
     } else {
         Advisories::Skip
     };
-    let mut args = vec!["deny", "--locked", "check"];
+    let mut args = vec!["deny", "--locked"];
     match advisories {
-        Advisories::Fetch => args.push("advisories"),
-        Advisories::Local => args.extend(["--disable-fetch", "advisories"]),
-        Advisories::Skip => println!("{ADVISORIES_SKIPPED}"),
+        Advisories::Fetch => args.extend(["check", "advisories"]),
+        // `--offline`: use the database on disk, fetch nothing.
+        Advisories::Local => args.extend(["--offline", "check", "advisories"]),
+        Advisories::Skip => {
+            println!("{ADVISORIES_SKIPPED}");
+            args.push("check");
+        }
     }
     args.extend(["licenses", "bans", "sources"]);
     Cmd::cargo(args)

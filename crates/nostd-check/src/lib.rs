@@ -1,5 +1,5 @@
 //! The no_std proof: a bare-metal-shaped crate that links Aloft's device-side
-//! crates and fails to build if `std` creeps into their dependency graph.
+//! crates (`aloft-protocol`, `aloft-device`) and fails to build if `std` creeps into their dependency graph.
 //!
 //! # How it works
 //!
@@ -28,11 +28,15 @@
 #![no_std]
 
 extern crate alloc;
+extern crate aloft_device;
 extern crate aloft_protocol;
-// ---- aloft-device: add `extern crate aloft_device;` here when it lands ----
+// More no_std crates: add `extern crate` lines here and exercise them below.
 
 use core::hint::black_box;
 
+use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashErrorKind, ReadNorFlash};
+
+use aloft_device::{Device, DeviceConfig, Layout, Partition};
 use aloft_protocol::keys::Domain;
 use aloft_protocol::{DeviceId, Digest, PublicKey, Signature, envelope};
 
@@ -45,7 +49,8 @@ const P256_GENERATOR: [u8; 33] = [
 
 /// Exercises hashing, allocation, protobuf decoding and ECDSA verification
 /// from `aloft-protocol`; returns a bit mask of the expected outcomes (all
-/// set = `0b1111`). Exported unmangled so the code is kept in the archive.
+/// set = `0b1111`), plus bit 4 when `aloft-device` refuses to open a blank
+/// flash (all set = `0b11111`). Exported unmangled so the code is kept in the archive.
 #[unsafe(no_mangle)]
 pub extern "C" fn aloft_nostd_check() -> u32 {
     let mut ok = 0;
@@ -75,8 +80,89 @@ pub extern "C" fn aloft_nostd_check() -> u32 {
             ok |= 1 << 3;
         }
     }
-    // ---- aloft-device: exercise something from it here ----
+    // aloft-device: opening instantiates the state log and layout code over
+    // a real `NorFlash`; a blank flash holds no state record.
+    let config = DeviceConfig {
+        product: "nostd-check".into(),
+        hardware: "host".into(),
+        trial_attempts: 3,
+    };
+    let layout = Layout {
+        state: Partition::new(0, 2 * SECTOR, SECTOR),
+        slot_a: Partition::new(2 * SECTOR, 2 * SECTOR, SECTOR),
+        slot_b: Partition::new(4 * SECTOR, 2 * SECTOR, SECTOR),
+        manifest_area: SECTOR,
+    };
+    if Device::open(RamFlash::blank(), black_box(layout), config).is_err() {
+        ok |= 1 << 4;
+    }
     ok
+}
+
+/// Sector size of [`RamFlash`].
+const SECTOR: u32 = 1024;
+
+/// A NOR flash in RAM: six 1 KiB sectors, erased to `0xff`, writes only
+/// clear bits.
+struct RamFlash([u8; 6 * SECTOR as usize]);
+
+impl RamFlash {
+    fn blank() -> Self {
+        Self([0xff; 6 * SECTOR as usize])
+    }
+
+    fn range(&self, offset: u32, len: usize) -> Result<core::ops::Range<usize>, NorFlashErrorKind> {
+        let start = offset as usize;
+        match start.checked_add(len) {
+            Some(end) if end <= self.0.len() => Ok(start..end),
+            _ => Err(NorFlashErrorKind::OutOfBounds),
+        }
+    }
+}
+
+impl ErrorType for RamFlash {
+    type Error = NorFlashErrorKind;
+}
+
+impl ReadNorFlash for RamFlash {
+    const READ_SIZE: usize = 1;
+
+    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), Self::Error> {
+        let range = self.range(offset, bytes.len())?;
+        bytes.copy_from_slice(&self.0[range]);
+        Ok(())
+    }
+
+    fn capacity(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl NorFlash for RamFlash {
+    const WRITE_SIZE: usize = 4;
+    const ERASE_SIZE: usize = SECTOR as usize;
+
+    fn erase(&mut self, from: u32, to: u32) -> Result<(), Self::Error> {
+        if !from.is_multiple_of(SECTOR) || !to.is_multiple_of(SECTOR) || to < from {
+            return Err(NorFlashErrorKind::NotAligned);
+        }
+        let range = self.range(from, (to - from) as usize)?;
+        self.0[range].fill(0xff);
+        Ok(())
+    }
+
+    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Self::Error> {
+        if !(offset as usize).is_multiple_of(Self::WRITE_SIZE)
+            || !bytes.len().is_multiple_of(Self::WRITE_SIZE)
+        {
+            return Err(NorFlashErrorKind::NotAligned);
+        }
+        let range = self.range(offset, bytes.len())?;
+        for (cell, byte) in self.0[range].iter_mut().zip(bytes) {
+            *cell &= byte;
+        }
+        Ok(())
+    }
 }
 
 /// Halts: there is nowhere to report a panic on bare metal.
