@@ -27,6 +27,10 @@ pub struct Args {
     /// Skip cargo-deny (for a fast local loop; CI runs everything).
     #[arg(long)]
     quick: bool,
+    /// Run every step even after one fails, then fail if any did (to see all
+    /// problems at once).
+    #[arg(long)]
+    keep_going: bool,
 }
 
 /// The crates that must stay `no_std`, checked with their default features.
@@ -58,21 +62,30 @@ pub fn run(args: &Args) -> Result<()> {
 
     let started = Instant::now();
     let mut timings = Vec::new();
+    let mut failed = Vec::new();
     for (index, (name, step)) in steps.iter().enumerate() {
         println!("\n==> [{}/{}] {name}", index + 1, steps.len());
         let step_started = Instant::now();
         let result = step();
         timings.push((*name, step_started.elapsed()));
         if let Err(err) = result {
-            print_timings(&timings, started.elapsed());
-            return Err(err.context(format!(
-                "CI FAILED at step {}/{}: {name}",
-                index + 1,
-                steps.len()
-            )));
+            let at = format!("step {}/{}: {name}", index + 1, steps.len());
+            if !args.keep_going {
+                print_timings(&timings, started.elapsed());
+                return Err(err.context(format!("CI FAILED at {at}")));
+            }
+            eprintln!("\nerror: {err:#}\n(--keep-going: continuing after the failure of {at})");
+            failed.push(*name);
         }
     }
     print_timings(&timings, started.elapsed());
+    if !failed.is_empty() {
+        bail!(
+            "CI FAILED: {} step(s) failed: {}",
+            failed.len(),
+            failed.join(", ")
+        );
+    }
     println!(
         "\nCI passed{}",
         if args.quick {
