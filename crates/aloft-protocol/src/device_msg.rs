@@ -35,10 +35,10 @@ pub fn peek(signed: &pb::SignedDeviceMessage) -> Result<pb::DeviceMessage, Error
     }
     let message = pb::DeviceMessage::decode(signed.payload.as_slice())
         .map_err(|_| Error::Malformed("device message"))?;
-    if let Some(pb::device_message::Body::Hello(hello)) = &message.body {
-        if hello.reports.len() > MAX_REPORTS_PER_HELLO {
-            return Err(Error::TooLarge("hello report list"));
-        }
+    if let Some(pb::device_message::Body::Hello(hello)) = &message.body
+        && hello.reports.len() > MAX_REPORTS_PER_HELLO
+    {
+        return Err(Error::TooLarge("hello report list"));
     }
     Ok(message)
 }
