@@ -142,7 +142,7 @@ impl Layout {
             if sector % F::WRITE_SIZE != 0 || sector % F::READ_SIZE != 0 {
                 return Err(Error::InvalidLayout("sector size must be a multiple of WRITE_SIZE"));
             }
-            if p.offset % p.sector_size != 0 || p.size % p.sector_size != 0 || p.size == 0 {
+            if p.offset as usize % F::ERASE_SIZE != 0 || p.size % p.sector_size != 0 || p.size == 0 {
                 return Err(Error::InvalidLayout("partition not aligned to its sectors"));
             }
             if p.end() as usize > capacity || p.end() < p.offset {
