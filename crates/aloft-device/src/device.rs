@@ -130,6 +130,11 @@ impl<F: NorFlash> Device<F> {
         Ok(Self { flash, layout, config, state, log, stale: false })
     }
 
+    /// The flash (read-only: for inspection and tests).
+    pub fn flash(&self) -> &F {
+        &self.flash
+    }
+
     /// Gives the flash back.
     pub fn into_flash(self) -> F {
         self.flash
