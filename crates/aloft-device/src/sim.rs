@@ -100,6 +100,7 @@ pub struct SimFlash<const W: usize, const E: usize> {
     ops: u64,
     fault: Option<Fault>,
     powered: bool,
+    tracing: bool,
     trace: Vec<OpKind>,
 }
 
@@ -141,6 +142,7 @@ impl<const W: usize, const E: usize> SimFlash<W, E> {
             ops: 0,
             fault: None,
             powered: true,
+            tracing: false,
             trace: Vec::new(),
         }
     }
@@ -150,7 +152,13 @@ impl<const W: usize, const E: usize> SimFlash<W, E> {
         self.ops
     }
 
-    /// Kinds of every operation counted so far, in order.
+    /// Starts or stops recording the kind of each operation (off by default,
+    /// as recording allocates).
+    pub fn set_tracing(&mut self, on: bool) {
+        self.tracing = on;
+    }
+
+    /// Kinds of the operations counted while tracing, in order.
     pub fn trace(&self) -> &[OpKind] {
         &self.trace
     }
@@ -201,7 +209,9 @@ impl<const W: usize, const E: usize> SimFlash<W, E> {
             return Err(SimError::PowerLost);
         }
         let strike = self.fault.filter(|f| f.at == self.ops).map(|f| f.mode);
-        self.trace.push(kind);
+        if self.tracing {
+            self.trace.push(kind);
+        }
         Ok(strike)
     }
 

@@ -53,7 +53,9 @@ impl World {
         // 384-byte chunks do not line up with the 1 KiB sectors, so resumes
         // restart mid-chunk.
         let new = fx.release_with("fw-2", 2, image(new_len, 2), |m| m.chunk_size = 384);
-        let mut dev = fx.provision(flash(), &old);
+        let mut f = flash();
+        f.set_tracing(true);
+        let mut dev = fx.provision(f, &old);
         dev.boot(&fx.trust).unwrap();
         let base = dev.into_flash();
         Self { fx, old, new, base }
