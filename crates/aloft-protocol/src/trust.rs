@@ -9,8 +9,8 @@
 //!
 //! Every rule authenticates before it interprets: signatures are checked on
 //! the envelope's exact payload bytes before any field of it is believed, so
-//! a tampered object always fails as [`Error::BadSignature`]-like
-//! ([`Error::ThresholdNotMet`]), never as a misleading field error. The only
+//! a tampered or wrongly signed object always fails as
+//! [`Error::ThresholdNotMet`], never as a misleading field error. The only
 //! exception is a TrustRoot, whose key set is inside the payload: it is
 //! decoded and its structure checked first, then its signatures.
 //!
