@@ -1,0 +1,231 @@
+//! The `aloft` operator CLI: devices, releases, tokens and the TrustRoot,
+//! over the server's admin gRPC API.
+//!
+//! `main.rs` only parses arguments and maps errors to exit codes; everything
+//! else is here so tests can call [`run`]. One module per command group
+//! ([`device`], [`release`], [`token`], [`trust`]); a new group (rollouts)
+//! adds a module, a [`Command`] variant and one line in [`run`].
+
+pub mod client;
+pub mod device;
+pub mod duration;
+pub mod output;
+pub mod release;
+pub mod token;
+pub mod trust;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+use crate::client::{AdminClient, BearerAuth, ServerTarget};
+use crate::output::Format;
+
+/// Operate an Aloft OTA server: devices, releases, tokens and trust.
+#[derive(Debug, Parser)]
+#[command(name = "aloft", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Server URL: http://HOST:PORT (plaintext) or https://HOST:PORT (TLS).
+    #[arg(long, env = "ALOFT_SERVER", global = true, value_name = "URL")]
+    pub server: Option<String>,
+
+    /// PEM file of the CA that issued the server's TLS certificate (pinned).
+    #[arg(long, env = "ALOFT_CA", global = true, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+
+    /// Operator token.
+    #[arg(long, env = "ALOFT_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// File holding the operator token (used instead of --token / ALOFT_TOKEN).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The command groups.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Provision, list, show and revoke devices.
+    #[command(subcommand)]
+    Device(device::DeviceCommand),
+    /// Upload and list releases.
+    #[command(subcommand)]
+    Release(release::ReleaseCommand),
+    /// Create, list and revoke operator tokens.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+    /// Install or rotate the server's TrustRoot.
+    #[command(subcommand, name = "trust-root")]
+    TrustRoot(trust::TrustRootCommand),
+    /// Inspect the server.
+    #[command(subcommand)]
+    Server(trust::ServerCommand),
+}
+
+/// What every command gets: a connected client and the output format.
+pub struct Ctx {
+    /// The authenticated admin client.
+    pub client: AdminClient,
+    /// Table or JSON.
+    pub format: Format,
+    /// How the server was reached (provisioning copies it into identities).
+    pub target: ServerTarget,
+}
+
+impl Ctx {
+    /// True when `--json` was given.
+    pub fn json(&self) -> bool {
+        self.format == Format::Json
+    }
+}
+
+/// Runs one parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let token = resolve_token(cli.token.as_deref(), cli.token_file.as_deref())?;
+    let auth = BearerAuth::new(&token)?;
+    let ca_pem = cli.ca.as_deref().map(read_ca).transpose()?;
+    let Some(url) = cli
+        .server
+        .as_deref()
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+    else {
+        bail!(
+            "no server given: pass --server URL or set ALOFT_SERVER (e.g. https://ota.example.com:7443)"
+        );
+    };
+    let target = ServerTarget {
+        url: url.to_owned(),
+        ca_pem,
+    };
+    // Refuse bad local input (files, directories) before touching the server.
+    let prepared = match &cli.command {
+        Command::Device(cmd) => device::prepare(cmd)?,
+        _ => None,
+    };
+    let client = client::connect(&target, auth).await?;
+    let format = if cli.json {
+        Format::Json
+    } else {
+        Format::Human
+    };
+    let mut ctx = Ctx {
+        client,
+        format,
+        target,
+    };
+    match cli.command {
+        Command::Device(cmd) => device::run(&mut ctx, cmd, prepared).await,
+        Command::Release(cmd) => release::run(&mut ctx, cmd).await,
+        Command::Token(cmd) => token::run(&mut ctx, cmd).await,
+        Command::TrustRoot(cmd) => trust::run_trust_root(&mut ctx, cmd).await,
+        Command::Server(cmd) => trust::run_server(&mut ctx, cmd).await,
+    }
+}
+
+/// The token to send: from `--token-file` if given, else `--token` /
+/// `ALOFT_TOKEN`; whitespace around it is removed.
+pub fn resolve_token(token: Option<&str>, token_file: Option<&Path>) -> anyhow::Result<String> {
+    let token = match token_file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("could not read the token file {}", path.display()))?,
+        None => match token {
+            Some(t) => t.to_owned(),
+            None => bail!(
+                "no operator token: pass --token, set ALOFT_TOKEN or pass --token-file \
+                 (a new server writes its bootstrap admin token to DATA_DIR/admin-token)"
+            ),
+        },
+    };
+    let token = token.trim();
+    if token.is_empty() {
+        match token_file {
+            Some(path) => bail!("the token file {} is empty", path.display()),
+            None => bail!("the operator token is empty: pass --token, ALOFT_TOKEN or --token-file"),
+        }
+    }
+    Ok(token.to_owned())
+}
+
+fn read_ca(path: &Path) -> anyhow::Result<String> {
+    let pem = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "could not read the CA file {} (--ca / ALOFT_CA)",
+            path.display()
+        )
+    })?;
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        bail!(
+            "the CA file {} holds no PEM certificate (--ca / ALOFT_CA)",
+            path.display()
+        );
+    }
+    Ok(pem)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use super::*;
+
+    #[test]
+    fn token_file_wins_and_is_trimmed() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "  from-file  ").unwrap();
+        assert_eq!(
+            resolve_token(Some("from-flag"), Some(file.path())).unwrap(),
+            "from-file"
+        );
+        assert_eq!(
+            resolve_token(Some(" from-flag\n"), None).unwrap(),
+            "from-flag"
+        );
+    }
+
+    #[test]
+    fn missing_or_empty_tokens_are_refused() {
+        let err = resolve_token(None, None).unwrap_err().to_string();
+        assert!(
+            err.contains("--token") && err.contains("ALOFT_TOKEN"),
+            "{err}"
+        );
+        assert!(resolve_token(Some("  "), None).is_err());
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let err = resolve_token(Some("ignored"), Some(file.path()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("empty"), "{err}");
+        let err = resolve_token(None, Some(Path::new("does/not/exist")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("token file"), "{err}");
+    }
+
+    #[test]
+    fn ca_must_be_pem() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "not a certificate").unwrap();
+        assert!(
+            read_ca(file.path())
+                .unwrap_err()
+                .to_string()
+                .contains("no PEM")
+        );
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+    }
+}

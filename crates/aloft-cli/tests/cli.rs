@@ -1,0 +1,637 @@
+//! End-to-end tests of the `aloft` binary against a real in-process server
+//! over gRPC on 127.0.0.1 (plaintext and TLS with a pinned CA).
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aloft_protocol::envelope::seal;
+use aloft_protocol::keys::Domain;
+use aloft_protocol::payload::{PayloadParams, encrypt_payload};
+use aloft_protocol::prost::Message as _;
+use aloft_protocol::{ContentKey, Digest, NoncePrefix, PublicKey, SecretKey, pb};
+use aloft_server::{RunningServer, ServerConfig, TlsFiles};
+use serde_json::Value;
+use tempfile::TempDir;
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A running server, its data directory and how the CLI reaches it.
+struct Harness {
+    server: Option<RunningServer>,
+    dir: TempDir,
+    url: String,
+    admin_token: String,
+    ca: Option<PathBuf>,
+}
+
+impl Harness {
+    async fn plaintext() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ServerConfig::new(dir.path().join("data"), "127.0.0.1:0".parse().unwrap());
+        let server = aloft_server::start(config).await.unwrap();
+        let url = format!("http://{}", server.local_addr());
+        let admin_token = server.admin_token().to_owned();
+        Self {
+            server: Some(server),
+            dir,
+            url,
+            admin_token,
+            ca: None,
+        }
+    }
+
+    async fn tls() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca_pem, cert_pem, key_pem) = tls_material(&["localhost"]);
+        let ca = dir.path().join("ca.pem");
+        let cert = dir.path().join("server.pem");
+        let key = dir.path().join("server.key");
+        std::fs::write(&ca, ca_pem).unwrap();
+        std::fs::write(&cert, cert_pem).unwrap();
+        std::fs::write(&key, key_pem).unwrap();
+        let mut config = ServerConfig::new(dir.path().join("data"), "127.0.0.1:0".parse().unwrap());
+        config.tls = Some(TlsFiles { cert, key });
+        let server = aloft_server::start(config).await.unwrap();
+        let url = format!("https://localhost:{}", server.local_addr().port());
+        let admin_token = server.admin_token().to_owned();
+        Self {
+            server: Some(server),
+            dir,
+            url,
+            admin_token,
+            ca: Some(ca),
+        }
+    }
+
+    fn server(&self) -> &RunningServer {
+        self.server.as_ref().unwrap()
+    }
+
+    /// Runs `aloft ARGS` with the admin token.
+    async fn aloft(&self, args: &[&str]) -> Run {
+        self.aloft_as(Some(&self.admin_token), args).await
+    }
+
+    /// Runs `aloft ARGS` with `token` (or none) in ALOFT_TOKEN.
+    async fn aloft_as(&self, token: Option<&str>, args: &[&str]) -> Run {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_aloft"));
+        cmd.env_remove("ALOFT_TOKEN")
+            .env_remove("ALOFT_CA")
+            .env("ALOFT_SERVER", &self.url)
+            .args(args);
+        if let Some(token) = token {
+            cmd.env("ALOFT_TOKEN", token);
+        }
+        if let Some(ca) = &self.ca {
+            cmd.env("ALOFT_CA", ca);
+        }
+        Run::from(cmd.output().await.unwrap(), args)
+    }
+
+    /// Installs a TrustRoot listing fresh root and release keys and this
+    /// server's key; returns the release key.
+    async fn install_trust_root(&self) -> SecretKey {
+        let root = SecretKey::generate();
+        let release = SecretKey::generate();
+        let trust = pb::TrustRoot {
+            version: 1,
+            expires_at: now() + 86_400,
+            root_keys: vec![root.public_key().to_sec1_compressed().to_vec()],
+            root_threshold: 1,
+            release_keys: vec![release.public_key().to_sec1_compressed().to_vec()],
+            release_threshold: 1,
+            server_keys: vec![
+                self.server()
+                    .server_public_key()
+                    .to_sec1_compressed()
+                    .to_vec(),
+            ],
+        };
+        let path = self.dir.path().join("trust-root.pb");
+        std::fs::write(
+            &path,
+            seal(&trust, Domain::TrustRoot, &[&root]).encode_to_vec(),
+        )
+        .unwrap();
+        self.aloft(&["trust-root", "set", path.to_str().unwrap()])
+            .await
+            .ok();
+        release
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            // Best effort: the runtime may already be shutting down.
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(server.shutdown());
+            }
+        }
+    }
+}
+
+/// A finished `aloft` run.
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    args: String,
+}
+
+impl Run {
+    fn from(output: Output, args: &[&str]) -> Self {
+        Self {
+            code: output.status.code(),
+            stdout: String::from_utf8(output.stdout).unwrap(),
+            stderr: String::from_utf8(output.stderr).unwrap(),
+            args: args.join(" "),
+        }
+    }
+
+    /// Asserts success and returns stdout.
+    fn ok(self) -> String {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "aloft {} failed:\n{}",
+            self.args,
+            self.stderr
+        );
+        self.stdout
+    }
+
+    /// Asserts success and parses stdout as JSON.
+    fn json(self) -> Value {
+        let out = self.ok();
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}):\n{out}"))
+    }
+
+    /// Asserts failure with `code` and an error mentioning every one of `needles`.
+    fn fails(self, code: i32, needles: &[&str]) -> String {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "aloft {}: stdout {:?} stderr {:?}",
+            self.args,
+            self.stdout,
+            self.stderr
+        );
+        for needle in needles {
+            assert!(
+                self.stderr.contains(needle),
+                "aloft {}: {needle:?} not in:\n{}",
+                self.args,
+                self.stderr
+            );
+        }
+        self.stderr
+    }
+}
+
+/// A CA, and a leaf certificate and key for `names` signed by it (all PEM).
+fn tls_material(names: &[&str]) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "aloft test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf_params =
+        rcgen::CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+            .unwrap();
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+    (ca_cert.pem(), leaf.pem(), leaf_key.serialize_pem())
+}
+
+const ATTRS: &[&str] = &[
+    "--attr",
+    "product=sensor",
+    "--attr",
+    "hardware=rev-b",
+    "--attr",
+    "region=eu-west",
+    "--attr",
+    "time_zone=Europe/Berlin",
+    "--attr",
+    "tags=lab,canary",
+    "--attr",
+    "test=true",
+];
+
+async fn provision(h: &Harness, id: &str) -> PathBuf {
+    let out = h.path(&format!("dev-{id}"));
+    let mut args = vec![
+        "device",
+        "provision",
+        "--id",
+        id,
+        "--factory-version",
+        "1.0.0",
+        "--out",
+        &out,
+    ];
+    args.extend_from_slice(ATTRS);
+    h.aloft(&args).await.ok();
+    PathBuf::from(out)
+}
+
+fn read_identity(dir: &Path) -> pb::IdentityBundle {
+    pb::IdentityBundle::decode(std::fs::read(dir.join("identity.pb")).unwrap().as_slice()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provision_list_show_revoke_over_plaintext() {
+    let h = Harness::plaintext().await;
+
+    // Without a TrustRoot the device would trust nothing: refused, nothing written.
+    let out = h.path("early");
+    let mut args = vec!["device", "provision", "--id", "early", "--out", &out];
+    args.extend_from_slice(ATTRS);
+    h.aloft(&args)
+        .await
+        .fails(1, &["no TrustRoot", "aloft trust-root set"]);
+    assert!(!Path::new(&out).join("identity.pb").exists());
+    h.aloft(&["device", "show", "early"])
+        .await
+        .fails(1, &["not found"]);
+
+    h.install_trust_root().await;
+    let dir = provision(&h, "dev-1").await;
+
+    // The bundle decodes, is private, and holds the key the server registered.
+    let bundle = read_identity(&dir);
+    assert_eq!(bundle.device_id, "dev-1");
+    assert_eq!(bundle.server_url, h.url);
+    assert!(bundle.ca_pem.is_empty());
+    assert!(bundle.trust_root.is_some());
+    assert_eq!(bundle.attributes["product"], "sensor");
+    assert_eq!(bundle.attributes["tags"], "lab,canary");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(dir.join("identity.pb"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let key = SecretKey::from_slice(&bundle.private_key).unwrap();
+    let shown = h.aloft(&["device", "show", "dev-1", "--json"]).await.json();
+    let registered =
+        PublicKey::from_sec1(&hex::decode(shown["public_key"].as_str().unwrap()).unwrap()).unwrap();
+    assert_eq!(registered, key.public_key());
+
+    // The summary holds no private key.
+    let summary = std::fs::read_to_string(dir.join("identity.json")).unwrap();
+    let summary_json: Value = serde_json::from_str(&summary).unwrap();
+    assert!(summary_json.get("private_key").is_none());
+    assert!(!summary.contains(&hex::encode(key.to_bytes())));
+    assert_eq!(summary_json["device_id"], "dev-1");
+
+    // Provisioning into the same directory again is refused before registering.
+    let mut again = vec![
+        "device",
+        "provision",
+        "--id",
+        "dev-9",
+        "--out",
+        dir.to_str().unwrap(),
+    ];
+    again.extend_from_slice(ATTRS);
+    h.aloft(&again).await.fails(1, &["already exists"]);
+    h.aloft(&["device", "show", "dev-9"])
+        .await
+        .fails(1, &["not found"]);
+
+    // Bad attributes are usage errors.
+    let bad_out = h.path("bad");
+    let r = h
+        .aloft(&[
+            "device",
+            "provision",
+            "--id",
+            "bad",
+            "--out",
+            &bad_out,
+            "--attr",
+            "colour=red",
+        ])
+        .await;
+    r.fails(2, &["unknown attribute \"colour\""]);
+    let r = h
+        .aloft(&[
+            "device",
+            "provision",
+            "--id",
+            "bad",
+            "--out",
+            &bad_out,
+            "--attr",
+            "product=a",
+            "--attr",
+            "product=b",
+        ])
+        .await;
+    r.fails(1, &["given twice"]);
+
+    // A second device, then the listing.
+    provision(&h, "dev-2").await;
+    let list = h.aloft(&["device", "list", "--json"]).await.json();
+    let devices = list.as_array().unwrap();
+    assert_eq!(devices.len(), 2);
+    let d1 = devices.iter().find(|d| d["id"] == "dev-1").unwrap();
+    for field in [
+        "id",
+        "attributes",
+        "firmware_version",
+        "status",
+        "last_seen",
+        "slot",
+        "release_id",
+        "revoked",
+        "connected",
+    ] {
+        assert!(d1.get(field).is_some(), "missing {field} in {d1}");
+    }
+    assert_eq!(d1["attributes"]["product"], "sensor");
+    assert_eq!(d1["attributes"]["time_zone"], "Europe/Berlin");
+    assert_eq!(
+        d1["attributes"]["tags"],
+        serde_json::json!(["lab", "canary"])
+    );
+    assert_eq!(d1["attributes"]["test"], true);
+    assert_eq!(d1["firmware_version"], "1.0.0");
+    assert_eq!(d1["status"], "registered");
+    assert_eq!(d1["revoked"], false);
+    assert!(d1["last_seen"].is_null());
+
+    // Never-seen devices are stale for any duration.
+    let stale = h
+        .aloft(&["device", "list", "--stale", "1h", "--json"])
+        .await
+        .json();
+    assert_eq!(stale.as_array().unwrap().len(), 2);
+    h.aloft(&["device", "list", "--stale", "24"])
+        .await
+        .fails(2, &["missing unit"]);
+
+    let table = h.aloft(&["device", "list"]).await.ok();
+    let mut lines = table.lines();
+    assert!(lines.next().unwrap().starts_with("ID "));
+    assert!(table.contains("dev-1") && table.contains("registered") && table.contains("never"));
+
+    let show = h.aloft(&["device", "show", "dev-1"]).await.ok();
+    assert!(
+        show.contains("dev-1") && show.contains("Europe/Berlin"),
+        "{show}"
+    );
+    h.aloft(&["device", "show", "nope"])
+        .await
+        .fails(1, &["showing device nope", "not found"]);
+
+    h.aloft(&["device", "revoke", "dev-1"]).await.ok();
+    let shown = h.aloft(&["device", "show", "dev-1", "--json"]).await.json();
+    assert_eq!(shown["revoked"], true);
+    h.aloft(&["device", "revoke", "ghost"])
+        .await
+        .fails(1, &["not found"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_roles_and_missing_tokens() {
+    let h = Harness::plaintext().await;
+    h.install_trust_root().await;
+    provision(&h, "dev-1").await;
+
+    let created = h
+        .aloft(&[
+            "token", "create", "--name", "dash", "--role", "viewer", "--json",
+        ])
+        .await
+        .json();
+    assert_eq!(created["role"], "viewer");
+    assert_eq!(created["name"], "dash");
+    let viewer = created["token"].as_str().unwrap().to_owned();
+    let viewer_id = created["id"].as_str().unwrap().to_owned();
+
+    // Human output: only the secret on stdout.
+    let secret = h
+        .aloft(&["token", "create", "--name", "ops", "--role", "operator"])
+        .await
+        .ok();
+    let operator = secret.trim().to_owned();
+    assert!(!operator.is_empty() && !operator.contains(' '), "{secret}");
+
+    // A viewer may read but not revoke.
+    h.aloft_as(Some(&viewer), &["device", "list"]).await.ok();
+    h.aloft_as(Some(&viewer), &["device", "revoke", "dev-1"])
+        .await
+        .fails(1, &["revoking device dev-1", "role"]);
+    let shown = h.aloft(&["device", "show", "dev-1", "--json"]).await.json();
+    assert_eq!(shown["revoked"], false);
+    // An operator may not create tokens.
+    h.aloft_as(
+        Some(&operator),
+        &["token", "create", "--name", "x", "--role", "admin"],
+    )
+    .await
+    .fails(1, &["role"]);
+
+    // Listing shows the tokens, never their secrets.
+    let listed = h.aloft(&["token", "list", "--json"]).await.json();
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"dash") && names.contains(&"ops"),
+        "{listed}"
+    );
+    let text = h.aloft(&["token", "list"]).await.ok();
+    assert!(!text.contains(&viewer) && !text.contains(&operator) && !text.contains(&h.admin_token));
+
+    // A revoked token stops working.
+    h.aloft(&["token", "revoke", &viewer_id]).await.ok();
+    h.aloft_as(Some(&viewer), &["device", "list"])
+        .await
+        .fails(1, &["refused the token", "--token-file"]);
+
+    // Missing, wrong and file tokens.
+    h.aloft_as(None, &["device", "list"])
+        .await
+        .fails(1, &["no operator token", "ALOFT_TOKEN"]);
+    let err = h
+        .aloft_as(Some("not-a-real-token"), &["device", "list"])
+        .await
+        .fails(1, &["refused the token"]);
+    assert!(
+        !err.contains("not-a-real-token"),
+        "the token was echoed: {err}"
+    );
+    let token_file = h.path("token");
+    std::fs::write(&token_file, format!("  {}\n", h.admin_token)).unwrap();
+    h.aloft_as(
+        Some("wrong"),
+        &["device", "list", "--token-file", &token_file],
+    )
+    .await
+    .ok();
+}
+
+/// Builds a release bundle for `image`, signed by `release_key`.
+fn release_bundle(release_key: &SecretKey, release_id: &str, image: &[u8]) -> pb::ReleaseBundle {
+    let content_key = ContentKey::from_bytes(SecretKey::generate().to_bytes());
+    let nonce_prefix = NoncePrefix::from_bytes([1, 2, 3, 4, 5, 6, 7]);
+    let image_digest = Digest::of(image);
+    let chunk_size = 1024;
+    let manifest = pb::ReleaseManifest {
+        release_id: release_id.into(),
+        product: "sensor".into(),
+        hardware: vec!["rev-b".into()],
+        version: "1.1.0".into(),
+        security_version: 2,
+        image_len: image.len() as u64,
+        image_sha256: image_digest.as_bytes().to_vec(),
+        chunk_size,
+        nonce_prefix: nonce_prefix.as_bytes().to_vec(),
+        created_at: now(),
+        expires_at: now() + 86_400,
+    };
+    let params = PayloadParams {
+        image_len: image.len() as u64,
+        chunk_size,
+        nonce_prefix,
+        image_digest,
+    };
+    let payload = encrypt_payload(&content_key, &params, image).unwrap();
+    pb::ReleaseBundle {
+        manifest: Some(seal(&manifest, Domain::ReleaseManifest, &[release_key])),
+        content_key: content_key.expose().to_vec(),
+        payload,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_upload_and_list() {
+    let h = Harness::plaintext().await;
+    let release_key = h.install_trust_root().await;
+    let info = h.aloft(&["server", "info", "--json"]).await.json();
+    assert_eq!(info["trust_root"]["version"], 1);
+    assert_eq!(info["trust_root"]["lists_server_key"], true);
+
+    // 200 KiB: several 64 KiB upload parts.
+    let image: Vec<u8> = (0..200 * 1024u32)
+        .map(|i| (i * 7 + i / 251) as u8)
+        .collect();
+    let bundle = release_bundle(&release_key, "sensor-1.1.0", &image);
+    let payload_len = bundle.payload.len() as u64;
+    let file = h.path("sensor-1.1.0.bundle");
+    std::fs::write(&file, bundle.encode_to_vec()).unwrap();
+    let uploaded = h
+        .aloft(&["release", "upload", &file, "--json"])
+        .await
+        .json();
+    assert_eq!(uploaded["id"], "sensor-1.1.0");
+    assert_eq!(uploaded["image_len"], image.len() as u64);
+
+    let releases = h.aloft(&["release", "list", "--json"]).await.json();
+    let r = &releases.as_array().unwrap()[0];
+    assert_eq!(r["id"], "sensor-1.1.0");
+    assert_eq!(r["version"], "1.1.0");
+    assert_eq!(r["payload_len"], payload_len);
+    let table = h.aloft(&["release", "list"]).await.ok();
+    assert!(
+        table.contains("sensor-1.1.0") && table.contains("rev-b"),
+        "{table}"
+    );
+
+    // A release signed by a key the TrustRoot does not list is refused.
+    let rogue = release_bundle(&SecretKey::generate(), "sensor-rogue", &image);
+    let rogue_file = h.path("rogue.bundle");
+    std::fs::write(&rogue_file, rogue.encode_to_vec()).unwrap();
+    h.aloft(&["release", "upload", &rogue_file])
+        .await
+        .fails(1, &["uploading"]);
+    let releases = h.aloft(&["release", "list", "--json"]).await.json();
+    assert_eq!(releases.as_array().unwrap().len(), 1);
+
+    // A file that is not a bundle never reaches the server.
+    let junk = h.path("junk.bundle");
+    std::fs::write(&junk, b"\xff\xff\xffjunk").unwrap();
+    h.aloft(&["release", "upload", &junk])
+        .await
+        .fails(1, &["not a release bundle"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_pinned_ca() {
+    let h = Harness::tls().await;
+    let info = h.aloft(&["server", "info", "--json"]).await.json();
+    assert_eq!(
+        info["server_public_key"].as_str().unwrap(),
+        hex::encode(h.server().server_public_key().to_sec1_compressed())
+    );
+
+    // Provisioning over TLS copies the pinned CA into the identity.
+    h.install_trust_root().await;
+    let dir = provision(&h, "tls-dev").await;
+    let bundle = read_identity(&dir);
+    assert!(bundle.server_url.starts_with("https://localhost:"));
+    assert_eq!(
+        bundle.ca_pem,
+        std::fs::read_to_string(h.ca.as_ref().unwrap()).unwrap()
+    );
+
+    // https without a pinned CA is refused before connecting.
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_aloft"));
+    cmd.env_remove("ALOFT_CA")
+        .env("ALOFT_TOKEN", &h.admin_token)
+        .args(["--server", &h.url, "server", "info"]);
+    Run::from(cmd.output().await.unwrap(), &["server", "info"]).fails(1, &["--ca"]);
+
+    // A CA that did not issue the server's certificate fails the handshake.
+    let (other_ca, _, _) = tls_material(&["localhost"]);
+    let other = h.path("other-ca.pem");
+    std::fs::write(&other, other_ca).unwrap();
+    h.aloft(&["--ca", &other, "server", "info"])
+        .await
+        .fails(1, &["could not connect to", &h.url]);
+}
+
+#[tokio::test]
+async fn unreachable_server_is_named() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_aloft"))
+        .env_remove("ALOFT_CA")
+        .args(["--server", &url, "--token", "t", "device", "list"])
+        .output()
+        .await
+        .unwrap();
+    Run::from(output, &["device", "list"]).fails(1, &["could not connect to", &url]);
+
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_aloft"))
+        .env_remove("ALOFT_SERVER")
+        .args(["--token", "t", "device", "list"])
+        .output()
+        .await
+        .unwrap();
+    Run::from(output, &["device", "list"]).fails(1, &["--server", "ALOFT_SERVER"]);
+}
