@@ -88,6 +88,9 @@ fn decrypting_a_payload_allocates_nothing() {
 
     let (n, finished) = allocations_during(|| {
         let mut dec = ChunkDecryptor::new(&key, params, 0).unwrap();
+        // A refused chunk (failed tag) allocates nothing.
+        let mut tampered = [0u8; 1024 + 16];
+        assert!(dec.decrypt_next(&mut tampered).is_err());
         let mut rest: &mut [u8] = &mut payload;
         while let Some(len) = params.chunk_len(dec.next_index()) {
             let (chunk, tail) = rest.split_at_mut(len);
@@ -98,7 +101,7 @@ fn decrypting_a_payload_allocates_nothing() {
                 .iter()
                 .fold(checksum, |a, &b| a.wrapping_mul(31) ^ u64::from(b));
         }
-        // A refusal allocates nothing either.
+        // Nor does a chunk past the end.
         let mut extra = [0u8; 32];
         assert!(dec.decrypt_next(&mut extra).is_err());
         dec.is_finished()
