@@ -120,14 +120,28 @@ impl<F: NorFlash> Device<F> {
         write_trailer(&mut flash, &layout, Slot::A, manifest_envelope)?;
         let state = State::factory(manifest.digest, manifest.security_version);
         let log = state::format(&mut flash, &layout, &state)?;
-        Ok(Self { flash, layout, config, state, log, stale: false })
+        Ok(Self {
+            flash,
+            layout,
+            config,
+            state,
+            log,
+            stale: false,
+        })
     }
 
     /// Opens a provisioned device: reads the newest valid state record.
     pub fn open(mut flash: F, layout: Layout, config: DeviceConfig) -> Result<Self, Error> {
         layout.validate::<F>(flash.capacity())?;
         let (state, log) = state::load(&mut flash, &layout)?;
-        Ok(Self { flash, layout, config, state, log, stale: false })
+        Ok(Self {
+            flash,
+            layout,
+            config,
+            state,
+            log,
+            stale: false,
+        })
     }
 
     /// The flash (read-only: for inspection and tests).
@@ -222,7 +236,11 @@ impl<F: NorFlash> Device<F> {
     pub fn ack_report(&mut self, id: ReportId) -> Result<bool, Error> {
         self.refresh()?;
         let mut st = self.state;
-        let Some(entry) = st.reports.iter_mut().find(|r| r.is_some_and(|r| r.id == id.0)) else {
+        let Some(entry) = st
+            .reports
+            .iter_mut()
+            .find(|r| r.is_some_and(|r| r.id == id.0))
+        else {
             return Ok(false);
         };
         *entry = None;
@@ -296,7 +314,11 @@ impl<F: NorFlash> Device<F> {
                     st.booted = trial.slot;
                     st.confirmed = false;
                     self.commit(st)?;
-                    return Ok(Booted { slot: trial.slot, manifest, trial: true });
+                    return Ok(Booted {
+                        slot: trial.slot,
+                        manifest,
+                        trial: true,
+                    });
                 }
                 Err(detail) => {
                     st.trial = None;
@@ -314,7 +336,11 @@ impl<F: NorFlash> Device<F> {
                 st.booted = slot;
                 st.confirmed = true;
                 self.commit(st)?;
-                return Ok(Booted { slot, manifest, trial: false });
+                return Ok(Booted {
+                    slot,
+                    manifest,
+                    trial: false,
+                });
             }
         }
         if st != self.state {
@@ -349,7 +375,11 @@ impl<F: NorFlash> Device<F> {
         if manifest.image_len > u64::from(self.layout.image_capacity(slot)) {
             return Ok(Err(SlotFault::TooLarge));
         }
-        let digest = flash::hash(&mut self.flash, self.layout.slot(slot).offset, manifest.image_len)?;
+        let digest = flash::hash(
+            &mut self.flash,
+            self.layout.slot(slot).offset,
+            manifest.image_len,
+        )?;
         if digest != manifest.image_digest {
             return Ok(Err(SlotFault::DigestMismatch));
         }
@@ -398,7 +428,9 @@ pub(crate) fn write_trailer<F: NorFlash>(
         return Err(Error::ManifestTooLarge);
     }
     let at = layout.trailer_offset(slot);
-    flash.erase(at, at + layout.trailer_len(slot)).map_err(Error::flash)?;
+    flash
+        .erase(at, at + layout.trailer_len(slot))
+        .map_err(Error::flash)?;
     let mut buf = vec![0xFFu8; 4 + envelope.len()];
     buf[..4].copy_from_slice(&(envelope.len() as u32).to_le_bytes());
     buf[4..].copy_from_slice(envelope);

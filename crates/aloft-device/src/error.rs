@@ -60,7 +60,9 @@ impl fmt::Display for Error {
             }
             Self::Incomplete => f.write_str("not every chunk of the image was written"),
             Self::DigestMismatch => f.write_str("written image does not match the manifest digest"),
-            Self::ManifestTooLarge => f.write_str("manifest envelope exceeds the slot's manifest area"),
+            Self::ManifestTooLarge => {
+                f.write_str("manifest envelope exceeds the slot's manifest area")
+            }
             Self::NotInTrial => f.write_str("not running a trial image"),
         }
     }

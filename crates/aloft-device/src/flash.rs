@@ -21,11 +21,15 @@ pub(crate) fn read<F: NorFlash>(flash: &mut F, offset: u32, buf: &mut [u8]) -> R
         let left = buf.len() - done;
         if skip == 0 && left >= r {
             let n = left / r * r;
-            flash.read(pos as u32, &mut buf[done..done + n]).map_err(Error::flash)?;
+            flash
+                .read(pos as u32, &mut buf[done..done + n])
+                .map_err(Error::flash)?;
             done += n;
             continue;
         }
-        flash.read((pos - skip) as u32, &mut tmp[..r]).map_err(Error::flash)?;
+        flash
+            .read((pos - skip) as u32, &mut tmp[..r])
+            .map_err(Error::flash)?;
         let n = (r - skip).min(left);
         buf[done..done + n].copy_from_slice(&tmp[skip..skip + n]);
         done += n;
@@ -83,7 +87,9 @@ pub(crate) fn write_padded<F: NorFlash>(
     if bulk < data.len() {
         let mut word = [0xFFu8; MAX_WRITE_SIZE];
         word[..data.len() - bulk].copy_from_slice(&data[bulk..]);
-        flash.write(offset + bulk as u32, &word[..w]).map_err(Error::flash)?;
+        flash
+            .write(offset + bulk as u32, &word[..w])
+            .map_err(Error::flash)?;
     }
     Ok(())
 }

@@ -85,7 +85,7 @@ impl<F: NorFlash> Device<F> {
         if m.product != self.config.product {
             return Err(P::WrongProduct.into());
         }
-        if !m.hardware.iter().any(|h| *h == self.config.hardware) {
+        if !m.hardware.contains(&self.config.hardware) {
             return Err(P::IncompatibleHardware.into());
         }
         if m.security_version < self.state.security_floor {
@@ -98,7 +98,11 @@ impl<F: NorFlash> Device<F> {
         let slot = self.inactive_slot();
         let capacity = self.layout.image_capacity(slot);
         if m.image_len > u64::from(capacity) {
-            return Err(P::ImageTooLarge { image_len: m.image_len, capacity: capacity.into() }.into());
+            return Err(P::ImageTooLarge {
+                image_len: m.image_len,
+                capacity: capacity.into(),
+            }
+            .into());
         }
         if manifest_envelope.len() + 4 > self.layout.trailer_len(slot) as usize {
             return Err(Error::ManifestTooLarge);
@@ -228,13 +232,21 @@ impl<F: NorFlash> Installer<'_, F> {
         if digest != m.image_digest {
             let mut st = dev.state;
             st.install = None;
-            st.push_report(ReportKind::InstallFailed, name, ReportDetail::DigestMismatch);
+            st.push_report(
+                ReportKind::InstallFailed,
+                name,
+                ReportDetail::DigestMismatch,
+            );
             dev.commit(st)?;
             return Err(Error::DigestMismatch);
         }
         write_trailer(&mut dev.flash, &dev.layout, self.slot, &self.envelope)?;
         let trailer = dev.layout.trailer_offset(self.slot);
-        let len_ok = flash::equals(&mut dev.flash, trailer, &(self.envelope.len() as u32).to_le_bytes())?;
+        let len_ok = flash::equals(
+            &mut dev.flash,
+            trailer,
+            &(self.envelope.len() as u32).to_le_bytes(),
+        )?;
         if !len_ok || !flash::equals(&mut dev.flash, trailer + 4, &self.envelope)? {
             return Err(Error::DigestMismatch);
         }
@@ -268,7 +280,10 @@ impl<F: NorFlash> Installer<'_, F> {
         let bulk = data.len() / w * w;
         if bulk > 0 {
             self.ensure_erased(self.pos + bulk as u32)?;
-            self.dev.flash.write(self.pos, &data[..bulk]).map_err(Error::flash)?;
+            self.dev
+                .flash
+                .write(self.pos, &data[..bulk])
+                .map_err(Error::flash)?;
             self.pos += bulk as u32;
         }
         let rest = &data[bulk..];
@@ -281,7 +296,10 @@ impl<F: NorFlash> Installer<'_, F> {
         let w = F::WRITE_SIZE;
         self.ensure_erased(self.pos + w as u32)?;
         let word = self.carry;
-        self.dev.flash.write(self.pos, &word[..w]).map_err(Error::flash)?;
+        self.dev
+            .flash
+            .write(self.pos, &word[..w])
+            .map_err(Error::flash)?;
         self.pos += w as u32;
         self.carry = [0xFF; MAX_WRITE_SIZE];
         self.carry_len = 0;
@@ -306,7 +324,10 @@ impl<F: NorFlash> Installer<'_, F> {
             if next > limit {
                 return Err(aloft_protocol::Error::PayloadTooLong.into());
             }
-            self.dev.flash.erase(self.erased_end, next).map_err(Error::flash)?;
+            self.dev
+                .flash
+                .erase(self.erased_end, next)
+                .map_err(Error::flash)?;
             self.erased_end = next;
         }
         Ok(())
@@ -322,7 +343,9 @@ impl<F: NorFlash> Installer<'_, F> {
         }
         let next_chunk = durable / self.params.chunk_size;
         let mut st = self.dev.state;
-        let Some(install) = st.install.as_mut() else { return Ok(()) };
+        let Some(install) = st.install.as_mut() else {
+            return Ok(());
+        };
         if next_chunk <= install.next_chunk {
             return Ok(());
         }

@@ -63,7 +63,11 @@ pub struct Partition {
 impl Partition {
     /// A partition of `size` bytes at `offset` with erase unit `sector_size`.
     pub const fn new(offset: u32, size: u32, sector_size: u32) -> Self {
-        Self { offset, size, sector_size }
+        Self {
+            offset,
+            size,
+            sector_size,
+        }
     }
 
     /// One past the last byte.
@@ -136,13 +140,20 @@ impl Layout {
         let parts = [&self.state, &self.slot_a, &self.slot_b];
         for p in parts {
             let sector = p.sector_size as usize;
-            if sector == 0 || sector % F::ERASE_SIZE != 0 {
-                return Err(Error::InvalidLayout("sector size must be a multiple of ERASE_SIZE"));
+            if sector == 0 || !sector.is_multiple_of(F::ERASE_SIZE) {
+                return Err(Error::InvalidLayout(
+                    "sector size must be a multiple of ERASE_SIZE",
+                ));
             }
-            if sector % F::WRITE_SIZE != 0 || sector % F::READ_SIZE != 0 {
-                return Err(Error::InvalidLayout("sector size must be a multiple of WRITE_SIZE"));
+            if !sector.is_multiple_of(F::WRITE_SIZE) || !sector.is_multiple_of(F::READ_SIZE) {
+                return Err(Error::InvalidLayout(
+                    "sector size must be a multiple of WRITE_SIZE",
+                ));
             }
-            if p.offset as usize % F::ERASE_SIZE != 0 || p.size % p.sector_size != 0 || p.size == 0 {
+            if !(p.offset as usize).is_multiple_of(F::ERASE_SIZE)
+                || p.size % p.sector_size != 0
+                || p.size == 0
+            {
                 return Err(Error::InvalidLayout("partition not aligned to its sectors"));
             }
             if p.end() as usize > capacity || p.end() < p.offset {
@@ -156,11 +167,15 @@ impl Layout {
             return Err(Error::InvalidLayout("partitions overlap"));
         }
         let bank = self.bank_size();
-        if bank % self.state.sector_size != 0 || bank == 0 {
-            return Err(Error::InvalidLayout("state partition must be two halves of whole sectors"));
+        if !bank.is_multiple_of(self.state.sector_size) || bank == 0 {
+            return Err(Error::InvalidLayout(
+                "state partition must be two halves of whole sectors",
+            ));
         }
         if (bank as usize) < 2 * record_len::<F>() {
-            return Err(Error::InvalidLayout("each state half must hold two records"));
+            return Err(Error::InvalidLayout(
+                "each state half must hold two records",
+            ));
         }
         if self.manifest_area < 512 {
             return Err(Error::InvalidLayout("manifest area below 512 bytes"));

@@ -127,11 +127,17 @@ impl<const W: usize, const E: usize> SimFlash<W, E> {
     /// # Panics
     /// If a size is not a positive multiple of `E` or `W` is zero.
     pub fn with_sectors(sizes: &[u32]) -> Self {
-        assert!(W > 0 && E > 0 && E % W == 0, "E must be a multiple of W");
+        assert!(
+            W > 0 && E > 0 && E.is_multiple_of(W),
+            "E must be a multiple of W"
+        );
         let mut bounds = Vec::with_capacity(sizes.len() + 1);
         let mut at = 0u32;
         for &s in sizes {
-            assert!(s > 0 && s as usize % E == 0, "sector size must be a multiple of E");
+            assert!(
+                s > 0 && (s as usize).is_multiple_of(E),
+                "sector size must be a multiple of E"
+            );
             bounds.push(at);
             at += s;
         }
@@ -232,7 +238,9 @@ impl<const W: usize, const E: usize> ReadNorFlash for SimFlash<W, E> {
             return Err(SimError::PowerLost);
         }
         let start = offset as usize;
-        let end = start.checked_add(bytes.len()).ok_or(SimError::OutOfBounds)?;
+        let end = start
+            .checked_add(bytes.len())
+            .ok_or(SimError::OutOfBounds)?;
         let src = self.data.get(start..end).ok_or(SimError::OutOfBounds)?;
         bytes.copy_from_slice(src);
         Ok(())
@@ -278,7 +286,10 @@ impl<const W: usize, const E: usize> NorFlash for SimFlash<W, E> {
                         let scattered = (seed >> 32) & 1 == 0;
                         for (i, byte) in self.data[a..b].iter_mut().enumerate() {
                             let keep = if scattered {
-                                (i as u64).wrapping_mul(seed | 1).rotate_left(17) % 4 == 0
+                                (i as u64)
+                                    .wrapping_mul(seed | 1)
+                                    .rotate_left(17)
+                                    .is_multiple_of(4)
                             } else {
                                 i >= (b - a) / 2
                             };
@@ -303,18 +314,22 @@ impl<const W: usize, const E: usize> NorFlash for SimFlash<W, E> {
             return Err(SimError::PowerLost);
         }
         let start = offset as usize;
-        let end = start.checked_add(bytes.len()).ok_or(SimError::OutOfBounds)?;
+        let end = start
+            .checked_add(bytes.len())
+            .ok_or(SimError::OutOfBounds)?;
         if end > self.data.len() {
             return Err(SimError::OutOfBounds);
         }
-        if start % W != 0 || bytes.len() % W != 0 {
+        if !start.is_multiple_of(W) || !bytes.len().is_multiple_of(W) {
             return Err(SimError::NotAligned);
         }
         let strike = self.begin_op(OpKind::Write)?;
         let seed = self.seed();
         self.ops += 1;
         if let Some(i) = self.data[start..end].iter().position(|&b| b != 0xFF) {
-            return Err(SimError::NotErased { offset: (start + i) as u32 });
+            return Err(SimError::NotErased {
+                offset: (start + i) as u32,
+            });
         }
         match strike {
             None => {
@@ -330,9 +345,7 @@ impl<const W: usize, const E: usize> NorFlash for SimFlash<W, E> {
                     // The last word: some bytes programmed, one only partly.
                     let partial = (seed >> 32) as usize % W;
                     let word = start + done;
-                    for i in 0..partial {
-                        self.data[word + i] = bytes[done + i];
-                    }
+                    self.data[word..word + partial].copy_from_slice(&bytes[done..done + partial]);
                     // Only some bits of this byte got cleared.
                     self.data[word + partial] &= bytes[done + partial] | 0x0F;
                 }
@@ -358,7 +371,10 @@ mod tests {
         let mut f = Sim::uniform(4);
         f.write(0, &[1, 2, 3, 4]).unwrap();
         assert_eq!(&f.bytes()[..4], &[1, 2, 3, 4]);
-        assert_eq!(f.write(0, &[0, 0, 0, 0]), Err(SimError::NotErased { offset: 0 }));
+        assert_eq!(
+            f.write(0, &[0, 0, 0, 0]),
+            Err(SimError::NotErased { offset: 0 })
+        );
         f.erase(0, 256).unwrap();
         assert!(f.bytes()[..256].iter().all(|&b| b == 0xFF));
         f.write(0, &[0, 0, 0, 0]).unwrap();
@@ -373,7 +389,10 @@ mod tests {
         assert_eq!(f.write(508, &[0; 8]), Err(SimError::OutOfBounds));
         assert_eq!(f.erase(0, 128), Err(SimError::NotAligned));
         assert_eq!(f.erase(0, 768), Err(SimError::OutOfBounds));
-        assert_eq!(f.kind_of(SimError::NotAligned), NorFlashErrorKind::NotAligned);
+        assert_eq!(
+            f.kind_of(SimError::NotAligned),
+            NorFlashErrorKind::NotAligned
+        );
     }
 
     #[test]
@@ -387,7 +406,10 @@ mod tests {
     #[test]
     fn power_cut_stops_everything_until_power_cycle() {
         let mut f = Sim::uniform(2);
-        f.arm(Fault { mode: FaultMode::PowerCut, at: 1 });
+        f.arm(Fault {
+            mode: FaultMode::PowerCut,
+            at: 1,
+        });
         f.write(0, &[0; 4]).unwrap();
         assert_eq!(f.write(4, &[0; 4]), Err(SimError::PowerLost));
         assert_eq!(f.bytes()[4], 0xFF);
@@ -402,7 +424,10 @@ mod tests {
         for at in 0..20 {
             let mut f = Sim::uniform(1);
             f.ops = at;
-            f.arm(Fault { mode: FaultMode::TornWrite, at });
+            f.arm(Fault {
+                mode: FaultMode::TornWrite,
+                at,
+            });
             assert_eq!(f.write(0, &[0u8; 64]), Err(SimError::PowerLost));
             let programmed = f.bytes()[..64].iter().take_while(|&&b| b == 0).count();
             assert!(programmed < 64);
@@ -414,7 +439,10 @@ mod tests {
     fn partial_erase_leaves_old_bytes() {
         let mut f = Sim::uniform(1);
         f.write(0, &[0u8; 256]).unwrap();
-        f.arm(Fault { mode: FaultMode::PartialErase, at: 1 });
+        f.arm(Fault {
+            mode: FaultMode::PartialErase,
+            at: 1,
+        });
         assert_eq!(f.erase(0, 256), Err(SimError::PowerLost));
         let old = f.bytes().iter().filter(|&&b| b == 0).count();
         assert!(old > 0 && old < 256, "{old}");

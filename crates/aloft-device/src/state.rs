@@ -53,7 +53,10 @@ impl Name {
         let mut bytes = [0u8; MAX_NAME];
         let len = s.len().min(MAX_NAME);
         bytes[..len].copy_from_slice(&s[..len]);
-        Self { len: len as u8, bytes }
+        Self {
+            len: len as u8,
+            bytes,
+        }
     }
 
     pub(crate) fn as_str(&self) -> &str {
@@ -280,7 +283,12 @@ impl State {
             }
             oldest
         });
-        self.reports[at] = Some(StoredReport { id, kind, detail, release });
+        self.reports[at] = Some(StoredReport {
+            id,
+            kind,
+            detail,
+            release,
+        });
     }
 
     fn encode(&self, seq: u32, out: &mut [u8; RECORD_MAX]) {
@@ -529,7 +537,14 @@ pub(crate) fn load<F: NorFlash>(flash: &mut F, layout: &Layout) -> Result<(State
         }
     }
     let (seq, bank, state) = best.ok_or(Error::NotProvisioned)?;
-    Ok((state, LogPos { bank, next: after_last[bank as usize], seq }))
+    Ok((
+        state,
+        LogPos {
+            bank,
+            next: after_last[bank as usize],
+            seq,
+        },
+    ))
 }
 
 /// Appends `state` as the newest record. On error the position is unknown:
@@ -549,13 +564,19 @@ pub(crate) fn append<F: NorFlash>(
     } else {
         let other = 1 - pos.bank;
         let from = layout.state.offset + other * layout.bank_size();
-        flash.erase(from, from + layout.bank_size()).map_err(Error::flash)?;
+        flash
+            .erase(from, from + layout.bank_size())
+            .map_err(Error::flash)?;
         (other, 0)
     };
     flash
         .write(record_offset::<F>(layout, bank, index), &buf[..len])
         .map_err(Error::flash)?;
-    *pos = LogPos { bank, next: index + 1, seq };
+    *pos = LogPos {
+        bank,
+        next: index + 1,
+        seq,
+    };
     Ok(())
 }
 
@@ -565,8 +586,14 @@ pub(crate) fn format<F: NorFlash>(
     layout: &Layout,
     state: &State,
 ) -> Result<LogPos, Error> {
-    flash.erase(layout.state.offset, layout.state.end()).map_err(Error::flash)?;
-    let mut pos = LogPos { bank: 0, next: 0, seq: 0 };
+    flash
+        .erase(layout.state.offset, layout.state.end())
+        .map_err(Error::flash)?;
+    let mut pos = LogPos {
+        bank: 0,
+        next: 0,
+        seq: 0,
+    };
     append(flash, layout, &mut pos, state)?;
     Ok(pos)
 }
@@ -590,7 +617,11 @@ mod tests {
             manifest_digest: Digest::from_bytes([9; 32]),
             next_chunk: 17,
         });
-        s.push_report(ReportKind::RolledBack, name, ReportDetail::AttemptsExhausted);
+        s.push_report(
+            ReportKind::RolledBack,
+            name,
+            ReportDetail::AttemptsExhausted,
+        );
         s.time_floor = UnixTime(1_700_000_000);
         s
     }

@@ -20,7 +20,10 @@ fn setup() -> (Fixture, Release, Release, Device<Sim>) {
 fn slot_bytes(dev: Device<Sim>, slot: Slot, len: usize) -> (Vec<u8>, Sim) {
     let p = *dev.layout().slot(slot);
     let f = dev.into_flash();
-    (f.bytes()[p.offset as usize..p.offset as usize + len].to_vec(), f)
+    (
+        f.bytes()[p.offset as usize..p.offset as usize + len].to_vec(),
+        f,
+    )
 }
 
 fn reopen(f: Sim) -> Device<Sim> {
@@ -37,8 +40,16 @@ fn install_trial_confirm_happy_path() {
     assert_eq!(dev.trial(), Some((Slot::B, 3)));
     let b = dev.boot(&fx.trust).unwrap();
     assert_eq!((b.slot, b.trial), (Slot::B, true));
-    assert_eq!(dev.trial(), Some((Slot::B, 2)), "attempt spent before start");
-    assert_eq!(dev.security_floor(), SecurityVersion(1), "floor unchanged before confirm");
+    assert_eq!(
+        dev.trial(),
+        Some((Slot::B, 2)),
+        "attempt spent before start"
+    );
+    assert_eq!(
+        dev.security_floor(),
+        SecurityVersion(1),
+        "floor unchanged before confirm"
+    );
     dev.confirm().unwrap();
     assert_eq!(dev.security_floor(), SecurityVersion(2));
     assert_eq!(dev.active_slot(), Slot::B);
@@ -60,7 +71,10 @@ fn reports_leave_only_when_acknowledged() {
     let f = dev.into_flash();
     let mut dev = reopen(f);
     assert_eq!(dev.reports().count(), 1, "report survives a reboot");
-    assert!(!dev.ack_report(aloft_device::ReportId(r.id.0 + 100)).unwrap());
+    assert!(
+        !dev.ack_report(aloft_device::ReportId(r.id.0 + 100))
+            .unwrap()
+    );
     assert_eq!(dev.reports().count(), 1);
     assert!(dev.ack_report(r.id).unwrap());
     let f = dev.into_flash();
@@ -79,7 +93,10 @@ fn trial_without_confirm_reverts_once_with_one_rollback_report() {
     for _ in 0..3 {
         let b = dev.boot(&fx.trust).unwrap();
         assert_eq!((b.slot, b.trial), (Slot::A, false));
-        let rb: Vec<_> = dev.reports().filter(|r| r.kind == ReportKind::RolledBack).collect();
+        let rb: Vec<_> = dev
+            .reports()
+            .filter(|r| r.kind == ReportKind::RolledBack)
+            .collect();
         assert_eq!(rb.len(), 1);
         assert_eq!(rb[0].detail, ReportDetail::AttemptsExhausted);
         assert_eq!(rb[0].release_id, new.manifest.release_id);
@@ -107,7 +124,9 @@ fn confirm_outside_a_trial_is_refused_or_a_no_op() {
 #[test]
 fn refuses_wrong_hardware_and_product() {
     let (fx, _old, _new, mut dev) = setup();
-    let hw = fx.release_with("fw-hw", 2, image(1000, 3), |m| m.hardware = vec!["rev-z".into()]);
+    let hw = fx.release_with("fw-hw", 2, image(1000, 3), |m| {
+        m.hardware = vec!["rev-z".into()]
+    });
     let e = dev.begin_install(&hw.update, &hw.envelope, &hw.key).err();
     assert_eq!(e, Some(Error::Protocol(P::IncompatibleHardware)));
     let pr = fx.release_with("fw-pr", 2, image(1000, 3), |m| m.product = "other".into());
@@ -122,10 +141,21 @@ fn refuses_security_version_below_floor() {
     let old = fx.release("fw-5", 5, image(1000, 1));
     let mut dev = fx.provision(flash(), &old);
     let down = fx.release("fw-4", 4, image(1000, 2));
-    let e = dev.begin_install(&down.update, &down.envelope, &down.key).err();
-    assert!(matches!(e, Some(Error::Protocol(P::SecurityVersionBelowFloor { .. }))), "{e:?}");
+    let e = dev
+        .begin_install(&down.update, &down.envelope, &down.key)
+        .err();
+    assert!(
+        matches!(
+            e,
+            Some(Error::Protocol(P::SecurityVersionBelowFloor { .. }))
+        ),
+        "{e:?}"
+    );
     let same = fx.release("fw-5b", 5, image(1000, 2));
-    assert!(dev.begin_install(&same.update, &same.envelope, &same.key).is_ok());
+    assert!(
+        dev.begin_install(&same.update, &same.envelope, &same.key)
+            .is_ok()
+    );
 }
 
 #[test]
@@ -133,8 +163,13 @@ fn refuses_image_larger_than_the_slot() {
     let (fx, _old, _new, mut dev) = setup();
     let cap = layout().image_capacity(Slot::B) as usize;
     let big = fx.release("fw-big", 2, image(cap + 1, 3));
-    let e = dev.begin_install(&big.update, &big.envelope, &big.key).err();
-    assert!(matches!(e, Some(Error::Protocol(P::ImageTooLarge { .. }))), "{e:?}");
+    let e = dev
+        .begin_install(&big.update, &big.envelope, &big.key)
+        .err();
+    assert!(
+        matches!(e, Some(Error::Protocol(P::ImageTooLarge { .. }))),
+        "{e:?}"
+    );
     let fits = fx.release("fw-fit", 2, image(cap, 3));
     install(&mut dev, &fits).unwrap();
 }
@@ -143,7 +178,9 @@ fn refuses_image_larger_than_the_slot() {
 fn refuses_a_manifest_envelope_other_than_the_verified_one() {
     let (fx, _old, new, mut dev) = setup();
     let other = fx.release("fw-3", 3, image(500, 9));
-    let e = dev.begin_install(&new.update, &other.envelope, &new.key).err();
+    let e = dev
+        .begin_install(&new.update, &other.envelope, &new.key)
+        .err();
     assert_eq!(e, Some(Error::Protocol(P::ManifestMismatch)));
 }
 
@@ -152,33 +189,48 @@ fn refuses_a_second_concurrent_install_and_resumes_the_same() {
     let (fx, _old, new, mut dev) = setup();
     let other = fx.release("fw-3", 3, image(500, 9));
     {
-        let mut inst = dev.begin_install(&new.update, &new.envelope, &new.key).unwrap();
+        let mut inst = dev
+            .begin_install(&new.update, &new.envelope, &new.key)
+            .unwrap();
         for i in 0..6 {
             let mut c = new.chunk(i);
             inst.write_chunk(&mut c).unwrap();
         }
     } // connection lost
-    let e = dev.begin_install(&other.update, &other.envelope, &other.key).err();
+    let e = dev
+        .begin_install(&other.update, &other.envelope, &other.key)
+        .err();
     assert_eq!(e, Some(Error::InstallInProgress));
     let (rel, _, next) = dev.install_progress().unwrap();
     assert_eq!(rel, new.manifest.release_id);
     assert_eq!(next, 4, "progress persisted at the 1 KiB sector boundary");
-    let inst = dev.begin_install(&new.update, &new.envelope, &new.key).unwrap();
+    let inst = dev
+        .begin_install(&new.update, &new.envelope, &new.key)
+        .unwrap();
     assert_eq!(inst.next_chunk(), 4);
     drop(inst);
     install(&mut dev, &new).unwrap();
     dev.abort_install().unwrap();
-    assert!(dev.begin_install(&other.update, &other.envelope, &other.key).is_err());
+    assert!(
+        dev.begin_install(&other.update, &other.envelope, &other.key)
+            .is_err()
+    );
 }
 
 #[test]
 fn abort_clears_the_install_and_reports() {
     let (_fx, _old, new, mut dev) = setup();
-    drop(dev.begin_install(&new.update, &new.envelope, &new.key).unwrap());
+    drop(
+        dev.begin_install(&new.update, &new.envelope, &new.key)
+            .unwrap(),
+    );
     dev.abort_install().unwrap();
     assert!(dev.install_progress().is_none());
     let r = dev.reports().next().unwrap();
-    assert_eq!((r.kind, r.detail), (ReportKind::InstallFailed, ReportDetail::Aborted));
+    assert_eq!(
+        (r.kind, r.detail),
+        (ReportKind::InstallFailed, ReportDetail::Aborted)
+    );
 }
 
 #[test]
@@ -186,7 +238,9 @@ fn refuses_install_while_a_trial_is_pending() {
     let (fx, _old, new, mut dev) = setup();
     install(&mut dev, &new).unwrap();
     let next = fx.release("fw-3", 3, image(500, 9));
-    let e = dev.begin_install(&next.update, &next.envelope, &next.key).err();
+    let e = dev
+        .begin_install(&next.update, &next.envelope, &next.key)
+        .err();
     assert_eq!(e, Some(Error::TrialPending));
 }
 
@@ -195,7 +249,9 @@ fn refuses_install_while_a_trial_is_pending() {
 #[test]
 fn tampered_chunk_is_refused_and_nothing_of_it_reaches_flash() {
     let (_fx, _old, new, mut dev) = setup();
-    let mut inst = dev.begin_install(&new.update, &new.envelope, &new.key).unwrap();
+    let mut inst = dev
+        .begin_install(&new.update, &new.envelope, &new.key)
+        .unwrap();
     for i in 0..6 {
         let mut c = new.chunk(i);
         inst.write_chunk(&mut c).unwrap();
@@ -203,28 +259,42 @@ fn tampered_chunk_is_refused_and_nothing_of_it_reaches_flash() {
     drop(inst);
     let before = dev.into_flash();
     let mut dev = reopen(before.clone());
-    let mut inst = dev.begin_install(&new.update, &new.envelope, &new.key).unwrap();
+    let mut inst = dev
+        .begin_install(&new.update, &new.envelope, &new.key)
+        .unwrap();
     assert_eq!(inst.next_chunk(), 4);
     let mut c = new.chunk(4);
     c[10] ^= 1;
-    assert_eq!(inst.write_chunk(&mut c), Err(Error::Protocol(P::ChunkAuthentication { index: 4 })));
+    assert_eq!(
+        inst.write_chunk(&mut c),
+        Err(Error::Protocol(P::ChunkAuthentication { index: 4 }))
+    );
     let mut c = new.chunk(4);
     let n = c.len();
     c[n - 1] ^= 1;
-    assert_eq!(inst.write_chunk(&mut c), Err(Error::Protocol(P::ChunkAuthentication { index: 4 })));
+    assert_eq!(
+        inst.write_chunk(&mut c),
+        Err(Error::Protocol(P::ChunkAuthentication { index: 4 }))
+    );
     // Out of order (chunk 2 instead of 1) is also refused.
     let mut c2 = new.chunk(5);
     assert!(inst.write_chunk(&mut c2).is_err());
     drop(inst);
     let after = dev.into_flash();
-    assert_eq!(after.bytes(), before.bytes(), "no byte of the refused chunks was written");
+    assert_eq!(
+        after.bytes(),
+        before.bytes(),
+        "no byte of the refused chunks was written"
+    );
     assert_eq!(after.ops(), before.ops(), "not even an erase");
 }
 
 #[test]
 fn endless_data_is_refused_at_the_cap() {
     let (_fx, _old, new, mut dev) = setup();
-    let mut inst = dev.begin_install(&new.update, &new.envelope, &new.key).unwrap();
+    let mut inst = dev
+        .begin_install(&new.update, &new.envelope, &new.key)
+        .unwrap();
     let mut p = None;
     for i in 0..new.chunks() {
         let mut c = new.chunk(i);
@@ -233,22 +303,33 @@ fn endless_data_is_refused_at_the_cap() {
     assert!(p.unwrap().complete);
     // The server keeps streaming: a re-sent last chunk and garbage.
     let mut extra = new.chunk(new.chunks() - 1);
-    assert_eq!(inst.write_chunk(&mut extra), Err(Error::Protocol(P::PayloadTooLong)));
+    assert_eq!(
+        inst.write_chunk(&mut extra),
+        Err(Error::Protocol(P::PayloadTooLong))
+    );
     let mut junk = vec![0u8; 272];
-    assert_eq!(inst.write_chunk(&mut junk), Err(Error::Protocol(P::PayloadTooLong)));
+    assert_eq!(
+        inst.write_chunk(&mut junk),
+        Err(Error::Protocol(P::PayloadTooLong))
+    );
     inst.finish().unwrap();
     let cap_end = new.image.len().next_multiple_of(4);
     let p = *dev.layout().slot(Slot::B);
     let trailer = (p.end() - dev.layout().trailer_len(Slot::B)) as usize;
     let f = dev.into_flash();
     let slot = &f.bytes()[p.offset as usize..trailer];
-    assert!(slot[cap_end..].iter().all(|&b| b == 0xFF), "nothing written past the image");
+    assert!(
+        slot[cap_end..].iter().all(|&b| b == 0xFF),
+        "nothing written past the image"
+    );
 }
 
 #[test]
 fn finish_before_the_last_chunk_is_refused() {
     let (_fx, _old, new, mut dev) = setup();
-    let mut inst = dev.begin_install(&new.update, &new.envelope, &new.key).unwrap();
+    let mut inst = dev
+        .begin_install(&new.update, &new.envelope, &new.key)
+        .unwrap();
     let mut c = new.chunk(0);
     inst.write_chunk(&mut c).unwrap();
     assert_eq!(inst.finish(), Err(Error::Incomplete));
@@ -275,7 +356,10 @@ fn digest_mismatch_at_finish_does_not_mark_the_slot() {
     assert_eq!(dev.trial(), None);
     assert!(dev.install_progress().is_none());
     let r = dev.reports().next().unwrap();
-    assert_eq!((r.kind, r.detail), (ReportKind::InstallFailed, ReportDetail::DigestMismatch));
+    assert_eq!(
+        (r.kind, r.detail),
+        (ReportKind::InstallFailed, ReportDetail::DigestMismatch)
+    );
     let b = dev.boot(&fx.trust).unwrap();
     assert_eq!(b.slot, Slot::A);
 }
@@ -295,7 +379,10 @@ fn never_writes_the_active_slot() {
     assert_eq!(dev.inactive_slot(), Slot::A);
     install(&mut dev, &third).unwrap();
     let f = dev.into_flash();
-    assert_eq!(&f.bytes()[pb_.offset as usize..pb_.end() as usize], &b_before[..]);
+    assert_eq!(
+        &f.bytes()[pb_.offset as usize..pb_.end() as usize],
+        &b_before[..]
+    );
     let _ = old;
 }
 
@@ -315,16 +402,21 @@ fn image_modified_after_install_stays_on_old_image() {
     let (fx, mut dev, new) = tamper_and_boot(|_| 777);
     let b = dev.boot(&fx.trust).unwrap();
     assert_eq!((b.slot, b.trial), (Slot::A, false));
-    let r: Vec<_> = dev.reports().filter(|r| r.kind == ReportKind::RolledBack).collect();
+    let r: Vec<_> = dev
+        .reports()
+        .filter(|r| r.kind == ReportKind::RolledBack)
+        .collect();
     assert_eq!(r.len(), 1);
-    assert_eq!((r[0].detail, &r[0].release_id), (ReportDetail::VerificationFailed, &new.manifest.release_id));
+    assert_eq!(
+        (r[0].detail, &r[0].release_id),
+        (ReportDetail::VerificationFailed, &new.manifest.release_id)
+    );
     assert_eq!(dev.trial(), None);
 }
 
 #[test]
 fn manifest_modified_after_install_stays_on_old_image() {
-    let (fx, mut dev, _new) =
-        tamper_and_boot(|l| (l.image_capacity(Slot::B) + 4 + 20) as usize);
+    let (fx, mut dev, _new) = tamper_and_boot(|l| (l.image_capacity(Slot::B) + 4 + 20) as usize);
     let b = dev.boot(&fx.trust).unwrap();
     assert_eq!(b.slot, Slot::A);
 }
@@ -414,8 +506,15 @@ fn cycle<const W: usize, const E: usize>(flash: SimFlash<W, E>, layout: Layout) 
     let fx = Fixture::new();
     let old = fx.release("fw-1", 1, image(5001, 1));
     let new = fx.release("fw-2", 2, image(7777, 2));
-    let mut dev = Device::provision(flash, layout, config(), &fx.trust, &old.image, &old.envelope)
-        .unwrap();
+    let mut dev = Device::provision(
+        flash,
+        layout,
+        config(),
+        &fx.trust,
+        &old.image,
+        &old.envelope,
+    )
+    .unwrap();
     assert_eq!(dev.boot(&fx.trust).unwrap().slot, Slot::A);
     install(&mut dev, &new).unwrap();
     let b = dev.boot(&fx.trust).unwrap();
@@ -425,7 +524,10 @@ fn cycle<const W: usize, const E: usize>(flash: SimFlash<W, E>, layout: Layout) 
     let mut dev = Device::open(dev.into_flash(), layout, config()).unwrap();
     assert_eq!(dev.boot(&fx.trust).unwrap().slot, Slot::B);
     let f = dev.into_flash();
-    assert_eq!(&f.bytes()[p.offset as usize..p.offset as usize + new.image.len()], &new.image[..]);
+    assert_eq!(
+        &f.bytes()[p.offset as usize..p.offset as usize + new.image.len()],
+        &new.image[..]
+    );
 }
 
 #[test]
@@ -472,17 +574,32 @@ fn layout_validation_refuses_bad_maps() {
     assert!(good.validate::<F>(16384).is_ok());
     let mut l = good;
     l.slot_b.offset = 8192;
-    assert!(matches!(l.validate::<F>(16384), Err(Error::InvalidLayout(_))), "overlap");
+    assert!(
+        matches!(l.validate::<F>(16384), Err(Error::InvalidLayout(_))),
+        "overlap"
+    );
     let mut l = good;
     l.state = Partition::new(0, 2048, 1024);
-    assert!(matches!(l.validate::<F>(16384), Err(Error::InvalidLayout(_))), "state too small");
+    assert!(
+        matches!(l.validate::<F>(16384), Err(Error::InvalidLayout(_))),
+        "state too small"
+    );
     let mut l = good;
     l.slot_a.sector_size = 512;
-    assert!(matches!(l.validate::<F>(16384), Err(Error::InvalidLayout(_))), "below ERASE_SIZE");
-    assert!(matches!(good.validate::<F>(8192), Err(Error::InvalidLayout(_))), "beyond flash");
+    assert!(
+        matches!(l.validate::<F>(16384), Err(Error::InvalidLayout(_))),
+        "below ERASE_SIZE"
+    );
+    assert!(
+        matches!(good.validate::<F>(8192), Err(Error::InvalidLayout(_))),
+        "beyond flash"
+    );
 }
 
 #[test]
 fn unprovisioned_flash_is_a_typed_error() {
-    assert_eq!(Device::open(flash(), layout(), config()).err(), Some(Error::NotProvisioned));
+    assert_eq!(
+        Device::open(flash(), layout(), config()).err(),
+        Some(Error::NotProvisioned)
+    );
 }

@@ -96,7 +96,10 @@ fn power_on(
         Img::Old
     };
     boots.push(img);
-    let rollbacks = dev.reports().filter(|r| r.kind == ReportKind::RolledBack).count();
+    let rollbacks = dev
+        .reports()
+        .filter(|r| r.kind == ReportKind::RolledBack)
+        .count();
     assert!(rollbacks <= 1, "rollback report queued twice");
     check_floor(&dev, sc);
     if b.trial && sc == Scenario::Revert && dev.trial() == Some((Slot::B, 0)) {
@@ -134,7 +137,11 @@ fn power_on(
     // The started slot holds exactly the image its verified manifest names.
     let rel = if img == Img::New { &w.new } else { &w.old };
     let at = layout().slot(b.slot).offset as usize;
-    assert_eq!(&flash.bytes()[at..at + rel.image.len()], &rel.image[..], "image bytes");
+    assert_eq!(
+        &flash.bytes()[at..at + rel.image.len()],
+        &rel.image[..],
+        "image bytes"
+    );
     Ok(done)
 }
 
@@ -167,7 +174,10 @@ fn run_to_end(
 
 fn check_end(flash: &mut Sim, w: &World, sc: Scenario) {
     let dev = Device::open(&mut *flash, layout(), config()).unwrap();
-    let rollbacks: Vec<_> = dev.reports().filter(|r| r.kind == ReportKind::RolledBack).collect();
+    let rollbacks: Vec<_> = dev
+        .reports()
+        .filter(|r| r.kind == ReportKind::RolledBack)
+        .collect();
     match sc {
         Scenario::Confirm => {
             assert!(rollbacks.is_empty());
@@ -213,7 +223,11 @@ fn mode_fits(mode: FaultMode, kind: OpKind) -> bool {
     }
 }
 
-const MODES: [FaultMode; 3] = [FaultMode::PowerCut, FaultMode::TornWrite, FaultMode::PartialErase];
+const MODES: [FaultMode; 3] = [
+    FaultMode::PowerCut,
+    FaultMode::TornWrite,
+    FaultMode::PartialErase,
+];
 
 /// Runs the whole sweep for one scenario; returns the number of scenarios.
 fn sweep(w: &World, sc: Scenario, second_cut: bool) -> u64 {
@@ -237,7 +251,10 @@ fn sweep(w: &World, sc: Scenario, second_cut: bool) -> u64 {
             let mut flash = w.base.clone();
             flash.arm(Fault { mode, at: k });
             let r = run_to_end(&mut flash, w, sc, &mut Marks::default(), &mut Vec::new());
-            assert!(r.is_err() && !flash.is_powered(), "{mode:?} at {k} did not strike");
+            assert!(
+                r.is_err() && !flash.is_powered(),
+                "{mode:?} at {k} did not strike"
+            );
             flash.power_cycle();
             let cut = flash.clone();
 
@@ -248,7 +265,11 @@ fn sweep(w: &World, sc: Scenario, second_cut: bool) -> u64 {
                 .unwrap_or_else(|e| panic!("{sc:?} {mode:?} at {k}: {e}"));
             let torn_commit = mode == FaultMode::TornWrite && commits.contains(&Some(k));
             if !torn_commit {
-                assert_eq!(boots[0], expected(sc, &marks, k), "{sc:?} {mode:?} cut at {k}");
+                assert_eq!(
+                    boots[0],
+                    expected(sc, &marks, k),
+                    "{sc:?} {mode:?} cut at {k}"
+                );
             }
             check_end(&mut flash, w, sc);
             scenarios += 1;
@@ -265,7 +286,10 @@ fn sweep(w: &World, sc: Scenario, second_cut: bool) -> u64 {
                         continue;
                     }
                     let mut flash = cut.clone();
-                    flash.arm(Fault { mode: mode2, at: recovery_start + k2 });
+                    flash.arm(Fault {
+                        mode: mode2,
+                        at: recovery_start + k2,
+                    });
                     let r = run_to_end(&mut flash, w, sc, &mut Marks::default(), &mut Vec::new());
                     assert!(r.is_err(), "second cut {mode2:?} at {k2} did not strike");
                     flash.power_cycle();

@@ -38,7 +38,11 @@ pub fn flash() -> Sim {
 }
 
 pub fn config() -> DeviceConfig {
-    DeviceConfig { product: PRODUCT.into(), hardware: HARDWARE.into(), trial_attempts: 3 }
+    DeviceConfig {
+        product: PRODUCT.into(),
+        hardware: HARDWARE.into(),
+        trial_attempts: 3,
+    }
 }
 
 pub struct Keys {
@@ -113,13 +117,28 @@ impl Fixture {
         };
         let payload = encrypt_payload(&key, &params, &image).unwrap_or_default();
         let update = update_for(&manifest, &self.keys.server);
-        Release { image, envelope: env.encode_to_vec(), manifest, payload, key, params, update }
+        Release {
+            image,
+            envelope: env.encode_to_vec(),
+            manifest,
+            payload,
+            key,
+            params,
+            update,
+        }
     }
 
     /// A freshly provisioned device running `factory` from slot A.
     pub fn provision(&self, flash: Sim, factory: &Release) -> Device<Sim> {
-        Device::provision(flash, layout(), config(), &self.trust, &factory.image, &factory.envelope)
-            .unwrap()
+        Device::provision(
+            flash,
+            layout(),
+            config(),
+            &self.trust,
+            &factory.image,
+            &factory.envelope,
+        )
+        .unwrap()
     }
 }
 
@@ -131,7 +150,10 @@ pub fn update_for(manifest: &VerifiedManifest, server: &SecretKey) -> VerifiedUp
             device_id: DeviceId::new("dev-1").unwrap(),
             device_nonce: DeviceNonce::from_bytes([1; 16]),
             manifest_digest: manifest.digest,
-            content_key: WrappedContentKey { ephemeral: server.public_key(), ciphertext: [0; 48] },
+            content_key: WrappedContentKey {
+                ephemeral: server.public_key(),
+                ciphertext: [0; 48],
+            },
             server_time: UnixTime(NOW),
             expires_at: UnixTime(NOW + 600),
             rollout_id: String::new(),
@@ -165,7 +187,9 @@ impl Release {
 
 /// Deterministic test image bytes.
 pub fn image(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 8) as u8).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 8) as u8)
+        .collect()
 }
 
 /// Installs `rel` fully (resuming if needed) on `dev`; returns the result of finish.
