@@ -70,9 +70,13 @@ pub struct ServerTarget {
 pub async fn connect(target: &ServerTarget, auth: BearerAuth) -> anyhow::Result<AdminClient> {
     let endpoint = endpoint(target)?;
     let channel = endpoint.connect().await.map_err(|e| {
+        let tls_hint = if target.ca_pem.is_some() {
+            ", and that --ca names the CA that issued its certificate"
+        } else {
+            ""
+        };
         anyhow!(
-            "could not connect to {}: {}\n  hint: check --server / ALOFT_SERVER, that aloft-server is running there, \
-             and for https that --ca names the CA that issued its certificate",
+            "could not connect to {}: {}\n  hint: check --server / ALOFT_SERVER and that aloft-server is running there{tls_hint}",
             target.url,
             error_chain(&e)
         )

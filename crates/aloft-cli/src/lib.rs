@@ -27,23 +27,46 @@ use crate::output::Format;
 #[command(name = "aloft", version, about, propagate_version = true)]
 pub struct Cli {
     /// Server URL: http://HOST:PORT (plaintext) or https://HOST:PORT (TLS).
-    #[arg(long, env = "ALOFT_SERVER", global = true, value_name = "URL")]
+    #[arg(
+        long,
+        env = "ALOFT_SERVER",
+        global = true,
+        value_name = "URL",
+        help_heading = "Global options"
+    )]
     pub server: Option<String>,
 
     /// PEM file of the CA that issued the server's TLS certificate (pinned).
-    #[arg(long, env = "ALOFT_CA", global = true, value_name = "FILE")]
+    #[arg(
+        long,
+        env = "ALOFT_CA",
+        global = true,
+        value_name = "FILE",
+        help_heading = "Global options"
+    )]
     pub ca: Option<PathBuf>,
 
     /// Operator token.
-    #[arg(long, env = "ALOFT_TOKEN", global = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "ALOFT_TOKEN",
+        global = true,
+        hide_env_values = true,
+        help_heading = "Global options"
+    )]
     pub token: Option<String>,
 
     /// File holding the operator token (used instead of --token / ALOFT_TOKEN).
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        help_heading = "Global options"
+    )]
     pub token_file: Option<PathBuf>,
 
     /// Print JSON instead of tables.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     pub json: bool,
 
     /// What to do.
