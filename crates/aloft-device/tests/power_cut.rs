@@ -328,7 +328,7 @@ fn power_cut_at_every_operation_small_image() {
 }
 
 #[test]
-#[ignore = "larger sweep (several minutes); run with --ignored"]
+#[ignore = "larger sweep; run with --ignored"]
 fn power_cut_at_every_operation_large_image() {
     let w = World::new(4000, 5 * 1024 - 3);
     let mut total = 0;
