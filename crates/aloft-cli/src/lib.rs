@@ -246,6 +246,65 @@ mod tests {
         );
     }
 
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("aloft").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn command_lines_parse() {
+        let cli = parse(&[
+            "--server",
+            "http://h:1",
+            "device",
+            "list",
+            "--stale",
+            "7d",
+            "--json",
+        ])
+        .unwrap();
+        assert!(cli.json);
+        let Command::Device(device::DeviceCommand::List(args)) = cli.command else {
+            panic!("not device list")
+        };
+        assert_eq!(args.stale.unwrap().as_secs(), 7 * 86_400);
+
+        let cli = parse(&["token", "create", "--name", "ci", "--role", "operator"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Token(token::TokenCommand::Create {
+                role: token::Role::Operator,
+                ..
+            })
+        ));
+        assert!(parse(&["trust-root", "set", "root.pb"]).is_ok());
+        assert!(parse(&["server", "info"]).is_ok());
+        assert!(parse(&["release", "upload", "b.bin"]).is_ok());
+    }
+
+    #[test]
+    fn bad_command_lines_are_usage_errors() {
+        for bad in [
+            &["token", "create", "--name", "x", "--role", "root"][..],
+            &["device", "list", "--stale", "24"],
+            &[
+                "device",
+                "provision",
+                "--id",
+                "d",
+                "--out",
+                "o",
+                "--attr",
+                "colour=red",
+            ],
+            &["device", "provision", "--id", "d"],
+            &["device", "show"],
+            &["rollout", "list"],
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
+        }
+    }
+
     #[test]
     fn cli_definition_is_consistent() {
         use clap::CommandFactory as _;
