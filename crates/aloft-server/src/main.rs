@@ -1,2 +1,75 @@
-//! The `aloft-server` binary.
-fn main() {}
+//! The `aloft-server` binary: `aloft-server --data DIR --listen ADDR
+//! [--tls-cert F --tls-key F | --insecure-plaintext]`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use aloft_server::{ServerConfig, TlsFiles};
+use anyhow::{Context as _, bail};
+use clap::Parser;
+
+/// Aloft's OTA server.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Data directory (store, keys, admin token).
+    #[arg(long = "data", value_name = "DIR")]
+    data: PathBuf,
+    /// Address to listen on, e.g. 0.0.0.0:7443.
+    #[arg(long, value_name = "ADDR")]
+    listen: SocketAddr,
+    /// TLS certificate chain (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve without TLS. Only for local tests: tokens and keys travel in clear.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    insecure_plaintext: bool,
+    /// Seconds a device has to answer the session challenge.
+    #[arg(long, default_value_t = 10)]
+    hello_timeout_secs: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        _ if args.insecure_plaintext => {
+            tracing::warn!("serving WITHOUT TLS (--insecure-plaintext): for local tests only");
+            None
+        }
+        _ => bail!(
+            "refusing to start without TLS: pass --tls-cert FILE --tls-key FILE, or --insecure-plaintext for local tests"
+        ),
+    };
+    let mut config = ServerConfig::new(args.data, args.listen);
+    config.tls = tls;
+    config.limits.hello_timeout = std::time::Duration::from_secs(args.hello_timeout_secs);
+    let server = aloft_server::start(config)
+        .await
+        .context("starting the server")?;
+    println!("aloft-server listening on {}", server.local_addr());
+    shutdown_signal().await?;
+    tracing::info!("shutting down");
+    server.shutdown().await.context("shutting down")?;
+    Ok(())
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

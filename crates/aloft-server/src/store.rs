@@ -1,0 +1,570 @@
+//! Persistence behind the [`Store`] trait, and its sled implementation.
+//!
+//! The trait speaks only in typed records (prost messages) and aloft newtypes,
+//! never in sled types, so a networked PostgreSQL-compatible backend can be
+//! added later without touching the services. Read-modify-write goes through
+//! closures ([`Store::update_device`], [`Store::update_rollout`]) that a
+//! backend may call more than once (compare-and-swap retry, or `SELECT ... FOR
+//! UPDATE`); they must be pure.
+//!
+//! Writes are not durable until [`Store::flush`] completes: the services flush
+//! before they acknowledge anything.
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+
+use aloft_protocol::pb;
+use aloft_protocol::{DeviceId, Digest, ReleaseId};
+use prost::Message;
+
+/// A boxed future returned by [`Store::flush`].
+pub type FlushFuture<'a> = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>>;
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The backend reported an error.
+    #[error("backend: {0}")]
+    Backend(String),
+    /// A stored record does not decode.
+    #[error("corrupt {0} record")]
+    Corrupt(&'static str),
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        Self::Backend(e.to_string())
+    }
+}
+
+impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
+    fn from(e: sled::transaction::TransactionError<StoreError>) -> Self {
+        match e {
+            sled::transaction::TransactionError::Abort(e) => e,
+            sled::transaction::TransactionError::Storage(e) => e.into(),
+        }
+    }
+}
+
+/// Result of a store operation.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A stored device: its registration and tracked status (the wire
+/// [`pb::DeviceInfo`] without the live `connected` flag).
+pub type DeviceRecord = pb::DeviceInfo;
+/// A stored rollout.
+pub type RolloutRecord = pb::RolloutInfo;
+
+/// Identifies one upload's chunk records until its release is committed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct UploadId(pub u64);
+
+/// A device report's id (1 to 64 bytes, chosen by the device).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ReportId(Vec<u8>);
+
+impl ReportId {
+    /// Longest accepted report id.
+    pub const MAX_LEN: usize = 64;
+
+    /// Validates the length.
+    pub fn new(bytes: &[u8]) -> Option<Self> {
+        (!bytes.is_empty() && bytes.len() <= Self::MAX_LEN).then(|| Self(bytes.to_vec()))
+    }
+
+    /// The raw bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// A stored operator token (only its hash; never the secret).
+#[derive(Clone, PartialEq, Message)]
+pub struct TokenRecord {
+    /// Public id, used to list and revoke.
+    #[prost(string, tag = "1")]
+    pub token_id: String,
+    /// Human name.
+    #[prost(string, tag = "2")]
+    pub name: String,
+    /// `pb::Role` as i32.
+    #[prost(enumeration = "pb::Role", tag = "3")]
+    pub role: i32,
+    /// SHA-256 of the secret.
+    #[prost(bytes = "vec", tag = "4")]
+    pub hash: Vec<u8>,
+    /// Unix seconds.
+    #[prost(uint64, tag = "5")]
+    pub created_at: u64,
+    /// Revoked tokens are refused.
+    #[prost(bool, tag = "6")]
+    pub revoked: bool,
+}
+
+/// A stored release.
+#[derive(Clone, PartialEq, Message)]
+pub struct ReleaseRecord {
+    /// What operators see.
+    #[prost(message, optional, tag = "1")]
+    pub info: Option<pb::ReleaseInfo>,
+    /// The release-signed manifest, as uploaded.
+    #[prost(message, optional, tag = "2")]
+    pub manifest: Option<pb::SignedEnvelope>,
+    /// Content key sealed under the KEK (see `keys::Kek`).
+    #[prost(bytes = "vec", tag = "3")]
+    pub sealed_content_key: Vec<u8>,
+    /// Upload whose chunk records hold the payload.
+    #[prost(uint64, tag = "4")]
+    pub upload_id: u64,
+    /// Number of payload chunks.
+    #[prost(uint32, tag = "5")]
+    pub chunk_count: u32,
+}
+
+/// A directive the server issued: authorises the device to download the release.
+#[derive(Clone, PartialEq, Message)]
+pub struct DirectiveRecord {
+    /// Device.
+    #[prost(string, tag = "1")]
+    pub device_id: String,
+    /// Release.
+    #[prost(string, tag = "2")]
+    pub release_id: String,
+    /// Rollout.
+    #[prost(string, tag = "3")]
+    pub rollout_id: String,
+    /// Unix seconds.
+    #[prost(uint64, tag = "4")]
+    pub issued_at: u64,
+    /// Unix seconds.
+    #[prost(uint64, tag = "5")]
+    pub expires_at: u64,
+}
+
+/// Typed persistence for the server. See the module docs.
+pub trait Store: Send + Sync + 'static {
+    /// The installed TrustRoot envelope, if any.
+    fn trust_root(&self) -> StoreResult<Option<pb::SignedEnvelope>>;
+    /// Replaces the TrustRoot envelope.
+    fn set_trust_root(&self, envelope: &pb::SignedEnvelope) -> StoreResult<()>;
+
+    /// Inserts a device; false (and nothing written) if the id exists.
+    fn insert_device(&self, record: &DeviceRecord) -> StoreResult<bool>;
+    /// One device.
+    fn device(&self, id: &DeviceId) -> StoreResult<Option<DeviceRecord>>;
+    /// Atomically applies `f` (which returns whether it changed anything) and
+    /// returns the resulting record; `None` if the device does not exist.
+    fn update_device(
+        &self,
+        id: &DeviceId,
+        f: &mut dyn FnMut(&mut DeviceRecord) -> bool,
+    ) -> StoreResult<Option<DeviceRecord>>;
+    /// Up to `limit` devices with id greater than `after` that pass `filter`, by id.
+    fn list_devices(
+        &self,
+        after: Option<&DeviceId>,
+        limit: usize,
+        filter: &mut dyn FnMut(&DeviceRecord) -> bool,
+    ) -> StoreResult<Vec<DeviceRecord>>;
+
+    /// Inserts an operator token.
+    fn insert_token(&self, record: &TokenRecord) -> StoreResult<()>;
+    /// The token whose secret hashes to `hash`.
+    fn token_by_hash(&self, hash: &Digest) -> StoreResult<Option<TokenRecord>>;
+    /// Marks a token revoked; returns it, or `None` if unknown.
+    fn revoke_token(&self, token_id: &str) -> StoreResult<Option<TokenRecord>>;
+    /// All tokens.
+    fn list_tokens(&self) -> StoreResult<Vec<TokenRecord>>;
+
+    /// Starts an upload: its chunks are invisible until committed.
+    fn new_upload(&self) -> StoreResult<UploadId>;
+    /// Stores chunk `index` of an upload.
+    fn put_chunk(&self, upload: UploadId, index: u32, data: &[u8]) -> StoreResult<()>;
+    /// Deletes an uncommitted upload's chunks.
+    fn discard_upload(&self, upload: UploadId) -> StoreResult<()>;
+    /// Publishes a release whose chunks were stored under `record.upload_id`;
+    /// false (nothing written) if the release id exists.
+    fn commit_release(&self, id: &ReleaseId, record: &ReleaseRecord) -> StoreResult<bool>;
+    /// One release.
+    fn release(&self, id: &ReleaseId) -> StoreResult<Option<ReleaseRecord>>;
+    /// All releases, by id.
+    fn list_releases(&self) -> StoreResult<Vec<ReleaseRecord>>;
+    /// Chunk `index` of a committed or in-progress upload.
+    fn chunk(&self, upload: UploadId, index: u32) -> StoreResult<Option<Vec<u8>>>;
+    /// Deletes chunk records of uploads no committed release references
+    /// (left by a crash mid-upload); returns how many were removed.
+    fn sweep_orphan_chunks(&self) -> StoreResult<usize>;
+
+    /// Inserts a rollout; false if the id exists.
+    fn insert_rollout(&self, record: &RolloutRecord) -> StoreResult<bool>;
+    /// One rollout.
+    fn rollout(&self, id: &str) -> StoreResult<Option<RolloutRecord>>;
+    /// Atomically applies `f` to a rollout (see [`Store::update_device`]).
+    fn update_rollout(
+        &self,
+        id: &str,
+        f: &mut dyn FnMut(&mut RolloutRecord) -> bool,
+    ) -> StoreResult<Option<RolloutRecord>>;
+    /// All rollouts, by id.
+    fn list_rollouts(&self) -> StoreResult<Vec<RolloutRecord>>;
+
+    /// Records (or replaces) the directive for (device, release).
+    fn put_directive(&self, record: &DirectiveRecord) -> StoreResult<()>;
+    /// The directive issued to `device` for `release`, if any.
+    fn directive(
+        &self,
+        device: &DeviceId,
+        release: &ReleaseId,
+    ) -> StoreResult<Option<DirectiveRecord>>;
+
+    /// Whether this device's report was already recorded.
+    fn report_seen(&self, device: &DeviceId, report: &ReportId) -> StoreResult<bool>;
+    /// Records this device's report as processed.
+    fn mark_report(&self, device: &DeviceId, report: &ReportId) -> StoreResult<()>;
+
+    /// Appends an event, assigning its `seq` (increasing, may skip).
+    fn append_event(&self, event: &mut pb::Event) -> StoreResult<()>;
+    /// The latest `limit` events of a device, oldest first.
+    fn device_events(&self, device: &DeviceId, limit: usize) -> StoreResult<Vec<pb::Event>>;
+
+    /// Makes every write so far durable.
+    fn flush(&self) -> FlushFuture<'_>;
+}
+
+/// The embedded default: one sled database under the data directory.
+pub struct SledStore {
+    db: sled::Db,
+    meta: sled::Tree,
+    devices: sled::Tree,
+    tokens: sled::Tree,
+    token_ids: sled::Tree,
+    releases: sled::Tree,
+    chunks: sled::Tree,
+    rollouts: sled::Tree,
+    directives: sled::Tree,
+    reports: sled::Tree,
+    events: sled::Tree,
+    device_events: sled::Tree,
+}
+
+const TRUST_ROOT_KEY: &[u8] = b"trust_root";
+
+fn decode<M: Message + Default>(bytes: &[u8], what: &'static str) -> StoreResult<M> {
+    M::decode(bytes).map_err(|_| StoreError::Corrupt(what))
+}
+
+fn pair_key(a: &str, b: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(a.len() + 1 + b.len());
+    k.extend_from_slice(a.as_bytes());
+    k.push(0);
+    k.extend_from_slice(b);
+    k
+}
+
+fn chunk_key(upload: UploadId, index: u32) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..8].copy_from_slice(&upload.0.to_be_bytes());
+    k[8..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+impl SledStore {
+    /// Opens (or creates) the database in directory `path`.
+    pub fn open(path: &Path) -> StoreResult<Self> {
+        let db = sled::Config::new().path(path).open()?;
+        Ok(Self {
+            meta: db.open_tree("meta")?,
+            devices: db.open_tree("devices")?,
+            tokens: db.open_tree("tokens")?,
+            token_ids: db.open_tree("token_ids")?,
+            releases: db.open_tree("releases")?,
+            chunks: db.open_tree("chunks")?,
+            rollouts: db.open_tree("rollouts")?,
+            directives: db.open_tree("directives")?,
+            reports: db.open_tree("reports")?,
+            events: db.open_tree("events")?,
+            device_events: db.open_tree("device_events")?,
+            db,
+        })
+    }
+
+    fn update_record<M: Message + Default>(
+        tree: &sled::Tree,
+        key: &[u8],
+        what: &'static str,
+        f: &mut dyn FnMut(&mut M) -> bool,
+    ) -> StoreResult<Option<M>> {
+        loop {
+            let Some(old) = tree.get(key)? else {
+                return Ok(None);
+            };
+            let mut record: M = decode(&old, what)?;
+            if !f(&mut record) {
+                return Ok(Some(record));
+            }
+            let new = record.encode_to_vec();
+            if tree.compare_and_swap(key, Some(&old), Some(new))?.is_ok() {
+                return Ok(Some(record));
+            }
+        }
+    }
+
+    fn insert_new(tree: &sled::Tree, key: &[u8], value: Vec<u8>) -> StoreResult<bool> {
+        Ok(tree
+            .compare_and_swap(key, None as Option<&[u8]>, Some(value))?
+            .is_ok())
+    }
+
+    fn all<M: Message + Default>(tree: &sled::Tree, what: &'static str) -> StoreResult<Vec<M>> {
+        tree.iter().values().map(|v| decode(&v?, what)).collect()
+    }
+}
+
+impl Store for SledStore {
+    fn trust_root(&self) -> StoreResult<Option<pb::SignedEnvelope>> {
+        self.meta
+            .get(TRUST_ROOT_KEY)?
+            .map(|v| decode(&v, "trust root"))
+            .transpose()
+    }
+
+    fn set_trust_root(&self, envelope: &pb::SignedEnvelope) -> StoreResult<()> {
+        self.meta.insert(TRUST_ROOT_KEY, envelope.encode_to_vec())?;
+        Ok(())
+    }
+
+    fn insert_device(&self, record: &DeviceRecord) -> StoreResult<bool> {
+        Self::insert_new(
+            &self.devices,
+            record.device_id.as_bytes(),
+            record.encode_to_vec(),
+        )
+    }
+
+    fn device(&self, id: &DeviceId) -> StoreResult<Option<DeviceRecord>> {
+        self.devices
+            .get(id.as_str())?
+            .map(|v| decode(&v, "device"))
+            .transpose()
+    }
+
+    fn update_device(
+        &self,
+        id: &DeviceId,
+        f: &mut dyn FnMut(&mut DeviceRecord) -> bool,
+    ) -> StoreResult<Option<DeviceRecord>> {
+        Self::update_record(&self.devices, id.as_str().as_bytes(), "device", f)
+    }
+
+    fn list_devices(
+        &self,
+        after: Option<&DeviceId>,
+        limit: usize,
+        filter: &mut dyn FnMut(&DeviceRecord) -> bool,
+    ) -> StoreResult<Vec<DeviceRecord>> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(a) => Bound::Excluded(a.as_str().as_bytes().to_vec()),
+            None => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        for item in self.devices.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
+            if out.len() >= limit {
+                break;
+            }
+            let record: DeviceRecord = decode(&item?.1, "device")?;
+            if filter(&record) {
+                out.push(record);
+            }
+        }
+        Ok(out)
+    }
+
+    fn insert_token(&self, record: &TokenRecord) -> StoreResult<()> {
+        self.tokens.insert(&record.hash, record.encode_to_vec())?;
+        self.token_ids
+            .insert(record.token_id.as_bytes(), record.hash.as_slice())?;
+        Ok(())
+    }
+
+    fn token_by_hash(&self, hash: &Digest) -> StoreResult<Option<TokenRecord>> {
+        self.tokens
+            .get(hash.as_bytes())?
+            .map(|v| decode(&v, "token"))
+            .transpose()
+    }
+
+    fn revoke_token(&self, token_id: &str) -> StoreResult<Option<TokenRecord>> {
+        let Some(hash) = self.token_ids.get(token_id.as_bytes())? else {
+            return Ok(None);
+        };
+        Self::update_record(&self.tokens, &hash, "token", &mut |t: &mut TokenRecord| {
+            let changed = !t.revoked;
+            t.revoked = true;
+            changed
+        })
+    }
+
+    fn list_tokens(&self) -> StoreResult<Vec<TokenRecord>> {
+        let mut tokens: Vec<TokenRecord> = Self::all(&self.tokens, "token")?;
+        tokens.sort_by(|a, b| a.token_id.cmp(&b.token_id));
+        Ok(tokens)
+    }
+
+    fn new_upload(&self) -> StoreResult<UploadId> {
+        Ok(UploadId(self.db.generate_id()?))
+    }
+
+    fn put_chunk(&self, upload: UploadId, index: u32, data: &[u8]) -> StoreResult<()> {
+        self.chunks.insert(chunk_key(upload, index), data)?;
+        Ok(())
+    }
+
+    fn discard_upload(&self, upload: UploadId) -> StoreResult<()> {
+        for key in self.chunks.scan_prefix(upload.0.to_be_bytes()).keys() {
+            self.chunks.remove(key?)?;
+        }
+        Ok(())
+    }
+
+    fn commit_release(&self, id: &ReleaseId, record: &ReleaseRecord) -> StoreResult<bool> {
+        Self::insert_new(
+            &self.releases,
+            id.as_str().as_bytes(),
+            record.encode_to_vec(),
+        )
+    }
+
+    fn release(&self, id: &ReleaseId) -> StoreResult<Option<ReleaseRecord>> {
+        self.releases
+            .get(id.as_str())?
+            .map(|v| decode(&v, "release"))
+            .transpose()
+    }
+
+    fn list_releases(&self) -> StoreResult<Vec<ReleaseRecord>> {
+        Self::all(&self.releases, "release")
+    }
+
+    fn chunk(&self, upload: UploadId, index: u32) -> StoreResult<Option<Vec<u8>>> {
+        Ok(self
+            .chunks
+            .get(chunk_key(upload, index))?
+            .map(|v| v.to_vec()))
+    }
+
+    fn sweep_orphan_chunks(&self) -> StoreResult<usize> {
+        let live: std::collections::HashSet<u64> =
+            self.list_releases()?.iter().map(|r| r.upload_id).collect();
+        let mut removed = 0;
+        for key in self.chunks.iter().keys() {
+            let key = key?;
+            let upload = u64::from_be_bytes(
+                key[..8]
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("chunk key"))?,
+            );
+            if !live.contains(&upload) {
+                self.chunks.remove(&key)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    fn insert_rollout(&self, record: &RolloutRecord) -> StoreResult<bool> {
+        Self::insert_new(
+            &self.rollouts,
+            record.rollout_id.as_bytes(),
+            record.encode_to_vec(),
+        )
+    }
+
+    fn rollout(&self, id: &str) -> StoreResult<Option<RolloutRecord>> {
+        self.rollouts
+            .get(id.as_bytes())?
+            .map(|v| decode(&v, "rollout"))
+            .transpose()
+    }
+
+    fn update_rollout(
+        &self,
+        id: &str,
+        f: &mut dyn FnMut(&mut RolloutRecord) -> bool,
+    ) -> StoreResult<Option<RolloutRecord>> {
+        Self::update_record(&self.rollouts, id.as_bytes(), "rollout", f)
+    }
+
+    fn list_rollouts(&self) -> StoreResult<Vec<RolloutRecord>> {
+        Self::all(&self.rollouts, "rollout")
+    }
+
+    fn put_directive(&self, record: &DirectiveRecord) -> StoreResult<()> {
+        let key = pair_key(&record.device_id, record.release_id.as_bytes());
+        self.directives.insert(key, record.encode_to_vec())?;
+        Ok(())
+    }
+
+    fn directive(
+        &self,
+        device: &DeviceId,
+        release: &ReleaseId,
+    ) -> StoreResult<Option<DirectiveRecord>> {
+        let key = pair_key(device.as_str(), release.as_str().as_bytes());
+        self.directives
+            .get(key)?
+            .map(|v| decode(&v, "directive"))
+            .transpose()
+    }
+
+    fn report_seen(&self, device: &DeviceId, report: &ReportId) -> StoreResult<bool> {
+        Ok(self
+            .reports
+            .contains_key(pair_key(device.as_str(), report.as_bytes()))?)
+    }
+
+    fn mark_report(&self, device: &DeviceId, report: &ReportId) -> StoreResult<()> {
+        self.reports
+            .insert(pair_key(device.as_str(), report.as_bytes()), &[])?;
+        Ok(())
+    }
+
+    fn append_event(&self, event: &mut pb::Event) -> StoreResult<()> {
+        event.seq = self.db.generate_id()?;
+        let seq = event.seq.to_be_bytes();
+        self.events.insert(seq, event.encode_to_vec())?;
+        if !event.device_id.is_empty() {
+            self.device_events
+                .insert(pair_key(&event.device_id, &seq), &[])?;
+        }
+        Ok(())
+    }
+
+    fn device_events(&self, device: &DeviceId, limit: usize) -> StoreResult<Vec<pb::Event>> {
+        let prefix = pair_key(device.as_str(), &[]);
+        let mut out = Vec::new();
+        for key in self
+            .device_events
+            .scan_prefix(&prefix)
+            .keys()
+            .rev()
+            .take(limit)
+        {
+            let key = key?;
+            if let Some(v) = self.events.get(&key[prefix.len()..])? {
+                out.push(decode(&v, "event")?);
+            }
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    fn flush(&self) -> FlushFuture<'_> {
+        Box::pin(async move {
+            self.db.flush_async().await?;
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,214 @@
+//! Device status tracking: last-seen, reported state, status with a
+//! monotonic `status_seq`, and the event history (store + live broadcast).
+//!
+//! Status rules (per release, ranked OFFERED < INSTALLED < terminal, where
+//! terminal is UPDATED, ROLLED_BACK or FAILED):
+//! - a report about the release the status refers to applies only if it
+//!   ranks strictly higher, so a late or replayed report never moves status
+//!   back, and terminal states are final;
+//! - a report about another release applies only when the device has no
+//!   release in flight (REGISTERED/IDLE); otherwise it is kept as an event;
+//! - success (UPDATED) comes only from a CONFIRMED report;
+//! - each report id is processed once; re-sends are acknowledged again.
+
+use std::sync::Arc;
+
+use aloft_protocol::{DeviceId, ReleaseId, pb};
+use tokio::sync::broadcast;
+
+use crate::store::{DeviceRecord, ReportId, Store, StoreError};
+
+use pb::DeviceStatus as S;
+
+/// Unix seconds now.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn rank(status: i32) -> u8 {
+    match S::try_from(status).unwrap_or(S::Unspecified) {
+        S::Unspecified | S::Registered | S::Idle => 0,
+        S::Offered => 1,
+        S::Installed => 2,
+        S::Updated | S::Failed | S::RolledBack => 3,
+        S::Revoked => 4,
+    }
+}
+
+/// What happened to one report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReportOutcome {
+    /// Recorded now and changed the device's status.
+    Applied,
+    /// Recorded now as an event only (stale or not applicable).
+    Recorded,
+    /// Already recorded earlier; acknowledge again.
+    Duplicate,
+}
+
+/// Applies device state and reports to the store and publishes events.
+#[derive(Clone)]
+pub struct Tracker {
+    store: Arc<dyn Store>,
+    events: broadcast::Sender<pb::Event>,
+}
+
+impl Tracker {
+    /// Over `store`, with a live event channel of `capacity`.
+    pub fn new(store: Arc<dyn Store>, capacity: usize) -> Self {
+        Self {
+            store,
+            events: broadcast::channel(capacity).0,
+        }
+    }
+
+    /// Subscribes to live events.
+    pub fn subscribe(&self) -> broadcast::Receiver<pb::Event> {
+        self.events.subscribe()
+    }
+
+    /// Stores an event and publishes it. The caller flushes.
+    pub fn event(
+        &self,
+        device: &str,
+        release: &str,
+        rollout: &str,
+        kind: &str,
+        detail: String,
+    ) -> Result<(), StoreError> {
+        let mut event = pb::Event {
+            seq: 0,
+            time: now(),
+            device_id: device.to_owned(),
+            rollout_id: rollout.to_owned(),
+            release_id: release.to_owned(),
+            kind: kind.to_owned(),
+            detail,
+        };
+        self.store.append_event(&mut event)?;
+        let _ = self.events.send(event);
+        Ok(())
+    }
+
+    /// Records a device's self-reported state and last-seen time.
+    pub fn observe(
+        &self,
+        id: &DeviceId,
+        state: Option<&pb::DeviceState>,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
+        let seen = now();
+        self.store.update_device(id, &mut |d| {
+            d.last_seen = seen;
+            if let Some(s) = state {
+                d.firmware_version.clone_from(&s.firmware_version);
+                d.security_version = s.security_version;
+                d.active_slot = s.active_slot;
+            }
+            if rank(d.status) == 0 && d.status != S::Idle as i32 {
+                d.status = S::Idle as i32;
+                d.status_seq += 1;
+            }
+            true
+        })
+    }
+
+    /// Marks `release` offered to the device (unless its status for that
+    /// release is already further along).
+    pub fn offered(&self, id: &DeviceId, release: &ReleaseId) -> Result<(), StoreError> {
+        self.store.update_device(id, &mut |d| {
+            if d.release_id == release.as_str() && rank(d.status) >= rank(S::Offered as i32) {
+                return false;
+            }
+            d.release_id = release.as_str().to_owned();
+            d.status = S::Offered as i32;
+            d.status_seq += 1;
+            true
+        })?;
+        Ok(())
+    }
+
+    /// Applies one report (see the module docs). The caller flushes, then
+    /// acknowledges.
+    pub fn report(&self, id: &DeviceId, report: &pb::Report) -> Result<ReportOutcome, ReportError> {
+        let report_id = ReportId::new(&report.report_id).ok_or(ReportError::BadId)?;
+        let kind = pb::ReportKind::try_from(report.kind).unwrap_or(pb::ReportKind::Unspecified);
+        let (target, name) = match kind {
+            pb::ReportKind::Installed => (S::Installed, "installed"),
+            pb::ReportKind::Confirmed => (S::Updated, "confirmed"),
+            pb::ReportKind::RolledBack => (S::RolledBack, "rolled_back"),
+            pb::ReportKind::InstallFailed => (S::Failed, "install_failed"),
+            pb::ReportKind::Unspecified => return Err(ReportError::BadKind),
+        };
+        let release = ReleaseId::new(&report.release_id).map_err(|_| ReportError::BadRelease)?;
+        if report.detail.len() > 1024 {
+            return Err(ReportError::DetailTooLong);
+        }
+        if self.store.report_seen(id, &report_id)? {
+            return Ok(ReportOutcome::Duplicate);
+        }
+        let mut applied = false;
+        self.store.update_device(id, &mut |d| {
+            applied = false;
+            if d.revoked {
+                return false;
+            }
+            let same = d.release_id == release.as_str();
+            let applies = if same {
+                rank(target as i32) > rank(d.status)
+            } else {
+                rank(d.status) == 0
+            };
+            if applies {
+                d.release_id = release.as_str().to_owned();
+                d.status = target as i32;
+                d.status_seq += 1;
+                applied = true;
+            }
+            applies
+        })?;
+        let detail = if applied {
+            report.detail.clone()
+        } else {
+            format!("stale report, status unchanged: {}", report.detail)
+        };
+        self.event(id.as_str(), release.as_str(), "", name, detail)?;
+        self.store.mark_report(id, &report_id)?;
+        Ok(if applied {
+            ReportOutcome::Applied
+        } else {
+            ReportOutcome::Recorded
+        })
+    }
+}
+
+/// A report that cannot be processed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// Empty or over-long report id.
+    #[error("report id must be 1 to 64 bytes")]
+    BadId,
+    /// Unspecified or unknown kind.
+    #[error("report kind is unspecified or unknown")]
+    BadKind,
+    /// Invalid release id.
+    #[error("report names an invalid release id")]
+    BadRelease,
+    /// Detail over 1 KiB.
+    #[error("report detail exceeds 1024 bytes")]
+    DetailTooLong,
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<ReportError> for tonic::Status {
+    fn from(e: ReportError) -> Self {
+        match e {
+            ReportError::Store(e) => e.into(),
+            e => tonic::Status::invalid_argument(format!("report refused: {e}")),
+        }
+    }
+}
