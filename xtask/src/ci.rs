@@ -6,7 +6,8 @@
 //!    all targets, then the no_std crates with their default (device)
 //!    feature set, which `--all-features` never builds;
 //! 3. the tests: `cargo nextest run` when cargo-nextest is installed, else
-//!    `cargo test`, then the doctests (nextest does not run them);
+//!    `cargo test` (which includes the doctests; nextest does not run them,
+//!    so they follow it);
 //! 4. the no_std proof: build `crates/nostd-check` (see its crate docs);
 //! 5. `cargo deny check` against `deny.toml` (skipped by `--quick`).
 //!
@@ -151,7 +152,8 @@ fn tests() -> Result<()> {
     let nextest = std::env::var_os("ALOFT_NO_NEXTEST").is_none()
         && Cmd::cargo(["nextest", "--version"]).succeeds();
     if nextest {
-        // nextest prints its own closing `Summary [...] N tests run: ...` line.
+        // nextest prints its own closing `Summary [...] N tests run: ...` line,
+        // but does not run doctests.
         Cmd::cargo([
             "nextest",
             "run",
@@ -161,6 +163,14 @@ fn tests() -> Result<()> {
             "--no-fail-fast",
         ])
         .run()?;
+        // Same features as above, so the libraries built for the tests are
+        // reused.
+        let (lines, ok) =
+            Cmd::cargo(["test", "--locked", "--workspace", "--all-features", "--doc"]).run_tee()?;
+        println!("Summary: {} (doctests)", Totals::parse(&lines));
+        if !ok {
+            bail!("doctests failed");
+        }
     } else {
         println!("cargo-nextest not found (or ALOFT_NO_NEXTEST set): using cargo test");
         let (lines, ok) = Cmd::cargo([
@@ -172,20 +182,13 @@ fn tests() -> Result<()> {
         ])
         .run_tee()?;
         let totals = Totals::parse(&lines);
-        println!("Summary: {totals} (cargo test)");
+        println!("Summary: {totals} (cargo test, doctests included)");
         if !ok {
             bail!("tests failed");
         }
         if totals.passed == 0 {
             bail!("no test ran");
         }
-    }
-    // Same features as above, so the libraries built for the tests are reused.
-    let (lines, ok) =
-        Cmd::cargo(["test", "--locked", "--workspace", "--all-features", "--doc"]).run_tee()?;
-    println!("Summary: {} (doctests)", Totals::parse(&lines));
-    if !ok {
-        bail!("doctests failed");
     }
     Ok(())
 }
