@@ -298,14 +298,21 @@ const ADVISORIES_SKIPPED: &str = "NOTE: cargo-deny advisories SKIPPED: the advis
      Set ALOFT_DENY_ADVISORIES=1 where the network allows it.";
 
 /// Whether cargo-deny's advisory database (default location:
-/// `$CARGO_HOME/advisory-dbs`) has anything in it.
+/// `$CARGO_HOME/advisory-dbs/<name>-<hash>/`) has been fetched: a database
+/// directory holding its `crates/` tree. A failed fetch leaves only a lock
+/// file behind, which does not count.
 fn advisory_db_present() -> bool {
     let cargo_home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
-    cargo_home
-        .and_then(|home| std::fs::read_dir(home.join("advisory-dbs")).ok())
-        .is_some_and(|mut entries| entries.next().is_some())
+    let Some(entries) =
+        cargo_home.and_then(|home| std::fs::read_dir(home.join("advisory-dbs")).ok())
+    else {
+        return false;
+    };
+    entries
+        .flatten()
+        .any(|entry| entry.path().join("crates").is_dir())
 }
 
 /// Sums of the `test result:` lines printed by `cargo test`.
