@@ -284,9 +284,15 @@ fn deny() -> Result<()> {
         }
     }
     args.extend(["licenses", "bans", "sources"]);
-    Cmd::cargo(args)
-        .run()
-        .context("cargo deny found a problem (see deny.toml)")?;
+    let fetching = matches!(advisories, Advisories::Fetch);
+    Cmd::cargo(args).run().with_context(|| {
+        if fetching {
+            "cargo deny failed (see deny.toml); ALOFT_DENY_ADVISORIES=1 also needs the advisory \
+             database to be reachable"
+        } else {
+            "cargo deny found a problem (see deny.toml)"
+        }
+    })?;
     if matches!(advisories, Advisories::Skip) {
         println!("{ADVISORIES_SKIPPED}");
     }
