@@ -886,3 +886,31 @@ async fn state_survives_a_restart() {
     assert_eq!(mode & 0o777, 0o600);
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn watch_events_streams_live_events() {
+    let h = start(false).await;
+    let admin = h.admin();
+    let err = admin
+        .clone()
+        .watch_events(pb::WatchEventsRequest::default())
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let mut events = admin
+        .clone()
+        .watch_events(authed(pb::WatchEventsRequest::default(), &h.token()))
+        .await
+        .unwrap()
+        .into_inner();
+    h.register("dev-w").await;
+    let event = tokio::time::timeout(Duration::from_secs(5), events.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.kind, "registered");
+    assert_eq!(event.device_id, "dev-w");
+    assert!(event.seq > 0);
+}
