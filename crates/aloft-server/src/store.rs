@@ -532,7 +532,8 @@ impl Store for SledStore {
     }
 
     fn append_event(&self, event: &mut pb::Event) -> StoreResult<()> {
-        event.seq = self.db.generate_id()?;
+        // Start at 1 so that 0 keeps meaning "no event".
+        event.seq = self.db.generate_id()? + 1;
         let seq = event.seq.to_be_bytes();
         self.events.insert(seq, event.encode_to_vec())?;
         if !event.device_id.is_empty() {
