@@ -5,7 +5,11 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
-    let files = ["aloft/v1/signed.proto", "aloft/v1/device.proto", "aloft/v1/admin.proto"];
+    let files = [
+        "aloft/v1/signed.proto",
+        "aloft/v1/device.proto",
+        "aloft/v1/admin.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());
     }

@@ -16,7 +16,8 @@ pub const MAX_ID_LEN: usize = 64;
 fn valid_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_ID_LEN
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
         && !s.starts_with('.')
 }
 
@@ -164,7 +165,10 @@ impl ContentKey {
 
     /// Copies from a slice of exactly 32 bytes.
     pub fn from_slice(bytes: &[u8]) -> Result<Self, Error> {
-        bytes.try_into().map(Self).map_err(|_| Error::InvalidField("content key"))
+        bytes
+            .try_into()
+            .map(Self)
+            .map_err(|_| Error::InvalidField("content key"))
     }
 
     /// The raw key bytes. Handle with care.
@@ -201,7 +205,11 @@ pub struct Version {
 impl Version {
     /// A version from its parts.
     pub const fn new(major: u32, minor: u32, patch: u32) -> Self {
-        Self { major, minor, patch }
+        Self {
+            major,
+            minor,
+            patch,
+        }
     }
 
     /// Parses `MAJOR.MINOR.PATCH` (decimal, no leading `+`, no suffix).
