@@ -4,8 +4,12 @@
 //! Each task is its own module; [`Task`] lists them. Tasks shell out to
 //! `cargo` and friends and stop at the first failure with a non-zero exit.
 
+mod bench;
 mod ci;
 mod cmd;
+mod demo;
+mod keys;
+mod release;
 
 use std::process::ExitCode;
 
@@ -19,19 +23,31 @@ struct Cli {
     task: Task,
 }
 
-/// The tasks. Add new ones (release, keys, demo, bench) as a variant here
-/// and a module beside `ci`.
+/// The tasks; each is a module of the same name.
 #[derive(Debug, Subcommand)]
 enum Task {
     /// Run everything CI checks: rustfmt, clippy, the tests, the no_std
     /// proof and cargo-deny.
     Ci(ci::Args),
+    /// Create local key material: root and release keys, the TrustRoot, a
+    /// local CA and a server certificate for localhost.
+    Keys(keys::Args),
+    /// Build, sign, encrypt and stage a firmware release.
+    Release(release::Args),
+    /// Run the full stack locally on loopback (the README's run command).
+    Demo(demo::Args),
+    /// Run the benchmarks; writes BENCHMARKS.md and raw JSON.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Ci(args) => ci::run(&args),
+        Task::Keys(args) => keys::run(&args),
+        Task::Release(args) => release::run(&args),
+        Task::Demo(args) => demo::run(&args),
+        Task::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
