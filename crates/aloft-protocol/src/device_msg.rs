@@ -10,7 +10,7 @@
 use prost::Message;
 
 use crate::Error;
-use crate::keys::{Domain, PublicKey, Signature};
+use crate::keys::{Domain, Signature, SignatureVerifier};
 use crate::limits::{MAX_DEVICE_MESSAGE_LEN, MAX_REPORTS_PER_HELLO};
 use crate::pb;
 
@@ -50,9 +50,12 @@ pub fn peek(signed: &pb::SignedDeviceMessage) -> Result<pb::DeviceMessage, Error
 /// [`Error::BadSignature`], then [`Error::ChallengeMismatch`] (a message
 /// from another session) and [`Error::SequenceMismatch`] (replayed,
 /// dropped or reordered within this session).
-pub fn open(
+///
+/// `key` is the device's [`crate::keys::PublicKey`] or any other [`SignatureVerifier`]
+/// for it (e.g. the ring-backed one a server may use).
+pub fn open<K: SignatureVerifier + ?Sized>(
     signed: &pb::SignedDeviceMessage,
-    key: &PublicKey,
+    key: &K,
     challenge: &[u8],
     expected_seq: u64,
 ) -> Result<pb::DeviceMessage, Error> {
@@ -60,7 +63,7 @@ pub fn open(
         return Err(Error::TooLarge("device message"));
     }
     let signature = Signature::from_slice(&signed.signature)?;
-    key.verify(Domain::DeviceMessage, &signed.payload, &signature)?;
+    key.verify_in(Domain::DeviceMessage, &signed.payload, &signature)?;
     let message = peek(signed)?;
     if message.challenge != challenge {
         return Err(Error::ChallengeMismatch);

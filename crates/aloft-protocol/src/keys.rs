@@ -101,6 +101,27 @@ impl PublicKey {
     }
 }
 
+/// Something that checks a signature over a message in a [`Domain`]: the
+/// `p256` [`PublicKey`] (the reference, used on devices) or, with feature
+/// `ring-verify`, [`crate::ring_verify::RingPublicKey`] (faster, for servers).
+/// Implementations accept exactly the same signatures.
+pub trait SignatureVerifier {
+    /// Verifies `signature` (`r || s`) over `SHA-256(domain tag || message)`.
+    fn verify_in(&self, domain: Domain, message: &[u8], signature: &Signature)
+    -> Result<(), Error>;
+}
+
+impl SignatureVerifier for PublicKey {
+    fn verify_in(
+        &self,
+        domain: Domain,
+        message: &[u8],
+        signature: &Signature,
+    ) -> Result<(), Error> {
+        self.verify(domain, message, signature)
+    }
+}
+
 impl fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "PublicKey({})", self.key_id())

@@ -5,7 +5,9 @@
 //! bare metal. Features:
 //! - `sign`: signing, content-key wrapping and payload encryption (still no_std);
 //! - `std`: key generation from the operating system's RNG;
-//! - `grpc`: the tonic client and server stubs (std).
+//! - `grpc`: the tonic client and server stubs (std);
+//! - `ring-verify`: [`ring_verify::RingPublicKey`], a ring-backed verifier
+//!   that accepts exactly the signatures `p256` accepts (std; for servers).
 //!
 //! The verification entry points are [`trust::VerifiedTrustRoot`] (TrustRoot
 //! and its rotation), [`trust::VerifiedTrustRoot::verify_manifest`] and
@@ -23,6 +25,8 @@ mod error;
 pub mod keys;
 pub mod limits;
 pub mod payload;
+#[cfg(feature = "ring-verify")]
+pub mod ring_verify;
 pub mod trust;
 pub mod types;
 pub mod wrap;
