@@ -1,0 +1,381 @@
+//! The boot simulator with the real firmware executable in the slots: a good
+//! trial image confirms itself; a crash-at-start image, a hang image and an
+//! image that fails its health check go back to the old slot after the
+//! attempts run out (through the watchdog for the hang).
+//!
+//! Images are the `aloft-firmware` binary cargo built for these tests,
+//! stripped with `strip` when available, restamped per case
+//! (`config::restamp`), signed and encrypted here, installed into slot B
+//! through aloft-device's installer on a real flash file.
+
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use aloft_device::{Device, ReportDetail, ReportKind, Slot};
+use aloft_firmware::board::{self, FileFlash};
+use aloft_firmware::boot::{self, BootEvent, BootOptions, Outcome};
+use aloft_firmware::config::{self, Fault, FirmwareConfig};
+use aloft_protocol::envelope::seal;
+use aloft_protocol::keys::Domain;
+use aloft_protocol::payload::{TAG_LEN, encrypt_payload};
+use aloft_protocol::prost::Message as _;
+use aloft_protocol::trust::{
+    VerifiedDirective, VerifiedManifest, VerifiedTrustRoot, VerifiedUpdate, WrappedContentKey,
+};
+use aloft_protocol::{
+    ContentKey, DeviceId, DeviceNonce, Digest, NoncePrefix, SecretKey, UnixTime, Version, pb,
+};
+
+const NOW: u64 = 1_900_000_000;
+
+/// The firmware binary, stripped when `strip` is installed.
+fn firmware_image() -> Vec<u8> {
+    let built = PathBuf::from(env!("CARGO_BIN_EXE_aloft-firmware"));
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("fw");
+    std::fs::copy(&built, &copy).unwrap();
+    let _ = std::process::Command::new("strip").arg(&copy).status();
+    std::fs::read(&copy).unwrap()
+}
+
+struct Keys {
+    root: SecretKey,
+    release: SecretKey,
+    server: SecretKey,
+}
+
+impl Keys {
+    fn new() -> Self {
+        Self {
+            root: SecretKey::generate(),
+            release: SecretKey::generate(),
+            server: SecretKey::generate(),
+        }
+    }
+
+    fn trust_root(&self) -> pb::SignedEnvelope {
+        let tr = pb::TrustRoot {
+            version: 1,
+            expires_at: NOW + 86_400,
+            root_keys: vec![self.root.public_key().to_sec1_compressed().to_vec()],
+            root_threshold: 1,
+            release_keys: vec![self.release.public_key().to_sec1_compressed().to_vec()],
+            release_threshold: 1,
+            server_keys: vec![self.server.public_key().to_sec1_compressed().to_vec()],
+        };
+        seal(&tr, Domain::TrustRoot, &[&self.root])
+    }
+}
+
+struct Release {
+    image: Vec<u8>,
+    envelope: Vec<u8>,
+    manifest: VerifiedManifest,
+    key: ContentKey,
+    payload: Vec<u8>,
+}
+
+fn release(keys: &Keys, trust: &VerifiedTrustRoot, image: Vec<u8>, version: &str) -> Release {
+    let m = pb::ReleaseManifest {
+        release_id: format!("{}-{version}", board::PRODUCT),
+        product: board::PRODUCT.into(),
+        hardware: vec![board::HARDWARE.into()],
+        version: version.into(),
+        security_version: 1,
+        image_len: image.len() as u64,
+        image_sha256: Digest::of(&image).as_bytes().to_vec(),
+        chunk_size: 64 * 1024,
+        nonce_prefix: vec![7; NoncePrefix::LEN],
+        created_at: NOW,
+        expires_at: NOW + 3600,
+    };
+    let env = seal(&m, Domain::ReleaseManifest, &[&keys.release]);
+    let manifest = trust.verify_manifest(&env, UnixTime(NOW)).unwrap();
+    let key = ContentKey::from_bytes([9; 32]);
+    let payload = encrypt_payload(&key, &manifest.payload_params(), &image).unwrap();
+    Release {
+        image,
+        envelope: env.encode_to_vec(),
+        manifest,
+        key,
+        payload,
+    }
+}
+
+struct Rig {
+    dir: tempfile::TempDir,
+    keys: Keys,
+    trust: VerifiedTrustRoot,
+    base: Vec<u8>,
+}
+
+impl Rig {
+    /// A device provisioned with 1.0.0 in slot A.
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Keys::new();
+        let envelope = keys.trust_root();
+        let trust = VerifiedTrustRoot::from_initial(&envelope, UnixTime(NOW)).unwrap();
+        let identity = pb::IdentityBundle {
+            device_id: "dev-1".into(),
+            private_key: SecretKey::generate().to_bytes().to_vec(),
+            // Nothing listens there: the agent keeps backing off.
+            server_url: "http://127.0.0.1:9".into(),
+            ca_pem: String::new(),
+            trust_root: Some(envelope),
+            attributes: BTreeMap::from([
+                ("product".into(), board::PRODUCT.into()),
+                ("hardware".into(), board::HARDWARE.into()),
+            ])
+            .into_iter()
+            .collect(),
+        };
+        std::fs::write(dir.path().join("identity.pb"), identity.encode_to_vec()).unwrap();
+        let base = firmware_image();
+        let rig = Self {
+            dir,
+            keys,
+            trust,
+            base,
+        };
+        let factory = rig.release(Version::new(1, 0, 0), Fault::None);
+        let flash = FileFlash::create(&rig.flash(), board::flash_len(rig.slot_size())).unwrap();
+        Device::provision(
+            flash,
+            board::layout(rig.slot_size()),
+            rig.config(),
+            &rig.trust,
+            &factory.image,
+            &factory.envelope,
+        )
+        .unwrap();
+        rig
+    }
+
+    fn flash(&self) -> PathBuf {
+        self.dir.path().join("flash.bin")
+    }
+
+    fn identity(&self) -> PathBuf {
+        self.dir.path().join("identity.pb")
+    }
+
+    /// Whole MiBs with room for the image and its manifest.
+    fn slot_size(&self) -> u32 {
+        let need = self.base.len() as u32 + aloft_device::DEFAULT_MANIFEST_AREA;
+        need.div_ceil(1 << 20) << 20
+    }
+
+    fn config(&self) -> aloft_device::DeviceConfig {
+        aloft_device::DeviceConfig {
+            product: board::PRODUCT.into(),
+            hardware: board::HARDWARE.into(),
+            trial_attempts: aloft_device::DEFAULT_TRIAL_ATTEMPTS,
+        }
+    }
+
+    fn release(&self, version: Version, fault: Fault) -> Release {
+        let mut image = self.base.clone();
+        config::restamp(&mut image, &FirmwareConfig { version, fault }).unwrap();
+        release(&self.keys, &self.trust, image, &version.to_string())
+    }
+
+    fn open(&self) -> Device<FileFlash> {
+        let (flash, layout) = board::open_flash(&self.flash()).unwrap();
+        Device::open(flash, layout, self.config()).unwrap()
+    }
+
+    /// Installs `rel` into slot B as a pending trial.
+    fn install(&self, rel: &Release) {
+        let mut dev = self.open();
+        let update = VerifiedUpdate {
+            directive: VerifiedDirective {
+                device_id: DeviceId::new("dev-1").unwrap(),
+                device_nonce: DeviceNonce::from_bytes([1; 16]),
+                manifest_digest: rel.manifest.digest,
+                content_key: WrappedContentKey {
+                    ephemeral: self.keys.server.public_key(),
+                    ciphertext: [0; 48],
+                },
+                server_time: UnixTime(NOW),
+                expires_at: UnixTime(NOW + 600),
+                rollout_id: String::new(),
+            },
+            manifest: rel.manifest.clone(),
+        };
+        let mut inst = dev.begin_install(&update, &rel.envelope, &rel.key).unwrap();
+        let params = rel.manifest.payload_params();
+        let mut buf = vec![0u8; params.chunk_size as usize + TAG_LEN];
+        for i in 0..params.chunk_count() {
+            let off = params.chunk_offset(i) as usize;
+            let len = params.chunk_len(i).unwrap();
+            buf[..len].copy_from_slice(&rel.payload[off..off + len]);
+            inst.write_chunk(&mut buf[..len]).unwrap();
+        }
+        inst.finish().unwrap();
+        assert_eq!(dev.trial(), Some((Slot::B, 3)));
+    }
+
+    /// Runs the boot simulator until `until` says stop (or 30 s pass);
+    /// returns every event.
+    fn boot_until(
+        &self,
+        watchdog: Duration,
+        until: impl Fn(&[BootEvent]) -> bool,
+    ) -> Vec<BootEvent> {
+        let mut opts = BootOptions::new(self.flash(), self.identity());
+        opts.watchdog = watchdog;
+        opts.reset_delay = Duration::ZERO;
+        let stop = AtomicBool::new(false);
+        let start = Instant::now();
+        let mut events = Vec::new();
+        boot::run(&opts, &stop, |e| {
+            events.push(e.clone());
+            if until(&events) || start.elapsed() > Duration::from_secs(30) {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+        eprintln!("{:?} in {:?}", events, start.elapsed());
+        events
+    }
+
+    /// A faulty trial: three attempts, each ending in `outcome`, then slot A.
+    fn assert_reverts(&self, fault: Fault, outcome: Outcome, watchdog: Duration) {
+        self.install(&self.release(Version::new(1, 1, 0), fault));
+        let events = self.boot_until(watchdog, |ev| {
+            matches!(ev.last(), Some(BootEvent::Booted { slot: 'A', .. }))
+        });
+        let boots: Vec<(char, bool, u8)> = events
+            .iter()
+            .filter_map(|e| match e {
+                BootEvent::Booted {
+                    slot,
+                    trial,
+                    attempts_left,
+                    ..
+                } => Some((*slot, *trial, *attempts_left)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            boots,
+            [
+                ('B', true, 2),
+                ('B', true, 1),
+                ('B', true, 0),
+                ('A', false, 0)
+            ]
+        );
+        let resets: Vec<Outcome> = events
+            .iter()
+            .filter_map(|e| match e {
+                BootEvent::Reset { outcome } => Some(*outcome),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(resets, [outcome; 3]);
+        assert!(!events.contains(&BootEvent::Confirmed));
+        let dev = self.open();
+        assert_eq!(dev.active_slot(), Slot::A);
+        assert_eq!(dev.trial(), None);
+        let report = dev.reports().last().unwrap();
+        assert_eq!(report.kind, ReportKind::RolledBack);
+        assert_eq!(report.detail, ReportDetail::AttemptsExhausted);
+        assert_eq!(report.release_id.as_str(), "aloft-sample-1.1.0");
+    }
+}
+
+#[test]
+fn factory_image_boots_confirmed() {
+    let rig = Rig::new();
+    let events = rig.boot_until(Duration::from_secs(5), |ev| {
+        ev.iter().any(|e| matches!(e, BootEvent::Started { .. }))
+    });
+    assert!(matches!(
+        &events[0],
+        BootEvent::Booted { slot: 'A', trial: false, version, .. } if version == "1.0.0"
+    ));
+    assert_eq!(
+        events[1],
+        BootEvent::Started {
+            version: "1.0.0".into()
+        }
+    );
+}
+
+#[test]
+fn good_trial_image_confirms_itself() {
+    let rig = Rig::new();
+    rig.install(&rig.release(Version::new(1, 1, 0), Fault::None));
+    let events = rig.boot_until(Duration::from_secs(5), |ev| {
+        ev.contains(&BootEvent::Confirmed)
+    });
+    assert!(matches!(
+        &events[0],
+        BootEvent::Booted { slot: 'B', trial: true, attempts_left: 2, version, .. } if version == "1.1.0"
+    ));
+    assert!(events.contains(&BootEvent::Started {
+        version: "1.1.0".into()
+    }));
+    let dev = rig.open();
+    assert_eq!(dev.active_slot(), Slot::B);
+    assert!(dev.is_confirmed());
+    assert_eq!(dev.trial(), None);
+    assert_eq!(dev.security_floor().0, 1);
+    let report = dev.reports().last().unwrap();
+    assert_eq!(report.kind, ReportKind::Confirmed);
+}
+
+#[test]
+fn crash_at_start_reverts_after_the_attempts() {
+    Rig::new().assert_reverts(
+        Fault::Crash,
+        Outcome::Crash(Some(aloft_firmware::watchdog::EXIT_CRASH)),
+        Duration::from_secs(5),
+    );
+}
+
+#[test]
+fn hang_is_reset_by_the_watchdog_and_reverts() {
+    Rig::new().assert_reverts(Fault::Hang, Outcome::Watchdog, Duration::from_millis(400));
+}
+
+#[test]
+fn failed_health_check_never_confirms_and_reverts() {
+    Rig::new().assert_reverts(Fault::Health, Outcome::HealthFailed, Duration::from_secs(5));
+}
+
+#[test]
+fn tampered_slot_is_never_started() {
+    let rig = Rig::new();
+    // Flip one bit of slot A's image (clearing a bit is a valid NOR program).
+    let layout = board::layout(rig.slot_size());
+    let mut bytes = std::fs::read(rig.flash()).unwrap();
+    let at = layout.slot_a.offset as usize + 1000;
+    bytes[at] ^= 0x01;
+    std::fs::write(rig.flash(), &bytes).unwrap();
+    let mut opts = BootOptions::new(rig.flash(), rig.identity());
+    opts.reset_delay = Duration::ZERO;
+    let stop = AtomicBool::new(false);
+    let mut events = Vec::new();
+    let err = boot::run(&opts, &stop, |e| {
+        events.push(e.clone());
+        ControlFlow::Break(())
+    })
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            boot::BootError::Device(aloft_device::Error::NoBootableSlot)
+        ),
+        "{err}"
+    );
+    assert!(events.is_empty(), "nothing may start: {events:?}");
+    assert!(!rig.dir.path().join("slot-a").exists());
+}
