@@ -1,0 +1,59 @@
+//! Building the gRPC channel to the server: TLS pinned to the bundle's CA
+//! for `https://`, plaintext for `http://`.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use crate::AgentError;
+
+/// Makes the endpoint for `url`. With `https://`, the server certificate must
+/// chain to `ca_pem` and only to it (no system roots are consulted) and name
+/// the URL's host. `local_address` binds the client socket (simulators spread
+/// connections over 127.0.0.0/8 this way).
+pub(crate) fn endpoint(
+    url: &str,
+    ca_pem: Option<&str>,
+    connect_timeout: Duration,
+    local_address: Option<IpAddr>,
+) -> Result<Endpoint, AgentError> {
+    let mut endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| AgentError::InvalidUrl(format!("{url}: {e}")))?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .local_address(local_address);
+    if url.starts_with("https://") {
+        let ca = ca_pem
+            .ok_or_else(|| AgentError::InvalidUrl(format!("{url} uses TLS but no CA is pinned")))?;
+        let host = endpoint.uri().host().unwrap_or_default().to_owned();
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca))
+            .domain_name(host);
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| AgentError::Tls(e.to_string()))?;
+    } else if !url.starts_with("http://") {
+        return Err(AgentError::InvalidUrl(format!(
+            "{url}: use http:// or https://"
+        )));
+    }
+    Ok(endpoint)
+}
+
+/// Connects eagerly (TCP, TLS handshake, HTTP/2 preface), so a refused
+/// certificate is an error here and not on the first call.
+pub(crate) async fn connect(endpoint: &Endpoint) -> Result<Channel, AgentError> {
+    endpoint.connect().await.map_err(|e| {
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            text.push_str(": ");
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        AgentError::Connect(text)
+    })
+}
