@@ -11,7 +11,10 @@ use std::path::Path;
 
 use aloft_device::{Layout, Partition};
 
-pub use crate::file_flash::{FileFlash, FileFlashError};
+pub use aloft_agent::{Durability, FileFlashError};
+
+/// The simulated board's flash: 4-byte program words, 4 KiB sectors.
+pub type FileFlash = aloft_agent::FileFlash<4, { SECTOR as usize }>;
 
 /// Product name of the sample firmware.
 pub const PRODUCT: &str = "aloft-sample";
@@ -71,27 +74,9 @@ pub fn image_capacity(slot_size: u32) -> u32 {
 
 /// Opens an existing flash file and derives its layout from its length.
 pub fn open_flash(path: &Path) -> Result<(FileFlash, Layout), crate::BoardError> {
-    let flash = FileFlash::open(path)?;
-    let layout = layout_for_len(flash.len())?;
+    let flash = FileFlash::open(path, Durability::Sync)?;
+    let layout = layout_for_len(embedded_storage::nor_flash::ReadNorFlash::capacity(&flash) as u64)?;
     Ok((flash, layout))
-}
-
-/// The device configuration of a sample device with the given attributes
-/// (`product` and `hardware` default to [`PRODUCT`] and [`HARDWARE`]).
-pub fn device_config(
-    attributes: &std::collections::BTreeMap<String, String>,
-) -> aloft_device::DeviceConfig {
-    aloft_device::DeviceConfig {
-        product: attributes
-            .get("product")
-            .cloned()
-            .unwrap_or_else(|| PRODUCT.to_owned()),
-        hardware: attributes
-            .get("hardware")
-            .cloned()
-            .unwrap_or_else(|| HARDWARE.to_owned()),
-        trial_attempts: aloft_device::DEFAULT_TRIAL_ATTEMPTS,
-    }
 }
 
 #[cfg(test)]

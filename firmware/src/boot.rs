@@ -25,7 +25,7 @@ use embedded_storage::nor_flash::ReadNorFlash as _;
 use serde::Serialize;
 
 use crate::board;
-use crate::identity::{self, IdentityError};
+use aloft_agent::{Identity, IdentityError};
 use crate::watchdog::{self, EXIT_HEALTH_FAILED, EXIT_REBOOT, Event};
 
 /// How the simulator runs.
@@ -121,8 +121,13 @@ pub enum BootError {
         source: crate::BoardError,
     },
     /// The identity bundle could not be used.
-    #[error(transparent)]
-    Identity(#[from] IdentityError),
+    #[error("identity bundle {path}: {source}")]
+    Identity {
+        /// The bundle.
+        path: PathBuf,
+        /// What was wrong.
+        source: IdentityError,
+    },
     /// The device core failed or refused; [`aloft_device::Error::NoBootableSlot`]
     /// means neither slot holds a verified image: the device is bricked.
     #[error("boot decision: {0}")]
@@ -147,9 +152,14 @@ pub fn run(
     stop: &AtomicBool,
     mut on_event: impl FnMut(&BootEvent) -> ControlFlow<()>,
 ) -> Result<u32, BootError> {
-    let bundle = identity::read_bundle(&opts.identity)?;
-    let trust = identity::boot_trust_root(&bundle, &opts.identity)?;
-    let config = board::device_config(&bundle.attributes);
+    let identity_error = |source| BootError::Identity {
+        path: opts.identity.clone(),
+        source,
+    };
+    let identity = Identity::load(&opts.identity).map_err(identity_error)?;
+    // Verified without expiry (as at boot): see `Identity::from_bundle`.
+    let trust = identity.trust_root().clone();
+    let config = identity.device_config().map_err(identity_error)?;
     let mut boots = 0;
     while !stop.load(Ordering::SeqCst) {
         let (flash, layout) =
@@ -199,6 +209,10 @@ pub fn run(
             .env(watchdog::ENV_IDENTITY, &opts.identity)
             .env(watchdog::ENV_SLOT, slot.to_string())
             .env(watchdog::ENV_TRIAL, if booted.trial { "1" } else { "0" })
+            .env(
+                watchdog::ENV_SECURITY_VERSION,
+                booted.manifest.security_version.0.to_string(),
+            )
             .env(
                 watchdog::ENV_WATCHDOG_MS,
                 opts.watchdog.as_millis().to_string(),

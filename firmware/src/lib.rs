@@ -15,8 +15,6 @@
 pub mod board;
 pub mod boot;
 pub mod config;
-mod file_flash;
-pub mod identity;
 pub mod watchdog;
 
 /// Name of the firmware executable (the image a release carries).

@@ -11,33 +11,49 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use aloft_agent::{Agent, AgentConfig, Identity, Outcome, RunningFirmware};
+use aloft_device::{Device, Slot};
+use aloft_firmware::board;
 use aloft_firmware::config::{self, Fault, FirmwareConfig};
 use aloft_firmware::watchdog::{self, EXIT_CRASH, EXIT_HEALTH_FAILED, EXIT_REBOOT, Event};
-use aloft_firmware::{board, identity};
+use aloft_protocol::SecurityVersion;
+use anyhow::{Context as _, anyhow};
 
 /// What the boot simulator handed over.
 struct Boot {
     flash: PathBuf,
     identity: PathBuf,
+    slot: Slot,
     trial: bool,
+    security_version: SecurityVersion,
     watchdog: Duration,
 }
 
 impl Boot {
     fn from_env() -> Result<Self, String> {
         let var = |name: &str| {
-            std::env::var_os(name)
-                .ok_or_else(|| format!("{name} is not set (start me with aloft-boot)"))
+            std::env::var(name).map_err(|_| format!("{name} is not set (start me with aloft-boot)"))
         };
-        let watchdog_ms = var(watchdog::ENV_WATCHDOG_MS)?
-            .to_str()
-            .and_then(|s| s.parse::<u64>().ok())
-            .ok_or_else(|| format!("{} is not a number", watchdog::ENV_WATCHDOG_MS))?;
+        let number = |name: &str| {
+            var(name)?
+                .parse::<u64>()
+                .map_err(|_| format!("{name} is not a number"))
+        };
+        let slot = match var(watchdog::ENV_SLOT)?.as_str() {
+            "A" => Slot::A,
+            "B" => Slot::B,
+            other => return Err(format!("{} is {other:?}, not A or B", watchdog::ENV_SLOT)),
+        };
         Ok(Self {
             flash: var(watchdog::ENV_FLASH)?.into(),
             identity: var(watchdog::ENV_IDENTITY)?.into(),
+            slot,
             trial: var(watchdog::ENV_TRIAL)? == "1",
-            watchdog: Duration::from_millis(watchdog_ms.max(1)),
+            security_version: SecurityVersion(
+                u32::try_from(number(watchdog::ENV_SECURITY_VERSION)?)
+                    .map_err(|_| "security version out of range".to_owned())?,
+            ),
+            watchdog: Duration::from_millis(number(watchdog::ENV_WATCHDOG_MS)?.max(1)),
         })
     }
 }
@@ -72,23 +88,31 @@ fn main() -> ExitCode {
         }
     }
     start_petting(boot.watchdog);
-    if let Err(e) = health_check(&cfg, &boot) {
-        tracing::error!(
-            trial = boot.trial,
-            "health check failed: {e}; not confirming"
-        );
-        return ExitCode::from(EXIT_HEALTH_FAILED as u8);
-    }
-    match run(&boot) {
-        Ok(()) => {
+    match run(&cfg, &boot) {
+        Ok(Exit::Reboot) => {
             Event::Reboot.send();
             ExitCode::from(EXIT_REBOOT as u8)
+        }
+        Ok(Exit::Shutdown) => ExitCode::SUCCESS,
+        Ok(Exit::HealthFailed(e)) => {
+            tracing::error!(trial = boot.trial, "health check failed: {e}; not confirming");
+            ExitCode::from(EXIT_HEALTH_FAILED as u8)
         }
         Err(e) => {
             tracing::error!("{e:#}");
             ExitCode::from(EXIT_CRASH as u8)
         }
     }
+}
+
+/// How the firmware ends.
+enum Exit {
+    /// An update was installed: reboot into it.
+    Reboot,
+    /// SIGTERM or SIGINT.
+    Shutdown,
+    /// The health check failed (the image stays unconfirmed).
+    HealthFailed(String),
 }
 
 /// Pets the watchdog from a thread, four times per timeout.
@@ -102,31 +126,65 @@ fn start_petting(timeout: Duration) {
     });
 }
 
-/// The sample health check: the identity bundle and the flash are usable,
+/// The sample health check: the device state says this slot was booted,
 /// and no deliberate health fault is baked in.
-fn health_check(cfg: &FirmwareConfig, boot: &Boot) -> Result<(), String> {
+fn health_check(cfg: &FirmwareConfig, boot: &Boot, device: &Device<board::FileFlash>) -> Result<(), String> {
     if cfg.fault == Fault::Health {
         return Err("deliberate fault: the health check fails".into());
     }
-    let bundle = identity::read_bundle(&boot.identity).map_err(|e| e.to_string())?;
-    identity::boot_trust_root(&bundle, &boot.identity).map_err(|e| e.to_string())?;
-    board::open_flash(&boot.flash).map_err(|e| e.to_string())?;
+    if device.booted_slot() != boot.slot {
+        return Err(format!(
+            "started from slot {:?} but the device state says {:?}",
+            boot.slot,
+            device.booted_slot()
+        ));
+    }
     Ok(())
 }
 
-/// Confirms this image and runs the device agent until it asks for a reboot.
-fn run(boot: &Boot) -> anyhow::Result<()> {
-    let bundle = identity::read_bundle(&boot.identity)?;
+/// Health check, confirm, then the device agent until it asks for a reboot.
+fn run(cfg: &FirmwareConfig, boot: &Boot) -> anyhow::Result<Exit> {
+    let identity = Identity::load(&boot.identity)?;
     let (flash, layout) = board::open_flash(&boot.flash)?;
-    let mut device =
-        aloft_device::Device::open(flash, layout, board::device_config(&bundle.attributes))
-            .map_err(|e| anyhow::anyhow!("opening the device: {e}"))?;
-    device
-        .confirm()
-        .map_err(|e| anyhow::anyhow!("confirming: {e}"))?;
+    let device = Device::open(flash, layout, identity.device_config()?)
+        .map_err(|e| anyhow!("opening the device state: {e}"))?;
+    if let Err(e) = health_check(cfg, boot, &device) {
+        return Ok(Exit::HealthFailed(e));
+    }
+    let running = RunningFirmware {
+        version: cfg.version,
+        security_version: boot.security_version,
+        slot: boot.slot,
+    };
+    let mut agent = Agent::new(identity, device, running, AgentConfig::default())?;
+    agent.confirm().context("confirming this image")?;
     Event::Confirmed.send();
-    tracing::info!("confirmed; agent not wired yet, idling");
-    loop {
-        std::thread::park();
+    tracing::info!(version = %cfg.version, "confirmed; running the agent");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let outcome = rt.block_on(agent.run(shutdown_signal()))?;
+    Ok(match outcome {
+        Outcome::RebootRequested { release_id, version } => {
+            tracing::info!(%release_id, %version, "installed; rebooting");
+            Exit::Reboot
+        }
+        Outcome::Shutdown => Exit::Shutdown,
+    })
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

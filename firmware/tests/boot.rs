@@ -31,8 +31,13 @@ use aloft_protocol::{
 
 const NOW: u64 = 1_900_000_000;
 
-/// The firmware binary, stripped when `strip` is installed.
+/// The firmware binary, stripped when `strip` is installed (once per run).
 fn firmware_image() -> Vec<u8> {
+    static IMAGE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    IMAGE.get_or_init(strip_firmware).clone()
+}
+
+fn strip_firmware() -> Vec<u8> {
     let built = PathBuf::from(env!("CARGO_BIN_EXE_aloft-firmware"));
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("fw");
@@ -142,7 +147,12 @@ impl Rig {
             base,
         };
         let factory = rig.release(Version::new(1, 0, 0), Fault::None);
-        let flash = FileFlash::create(&rig.flash(), board::flash_len(rig.slot_size())).unwrap();
+        let flash = FileFlash::create(
+            rig.flash(),
+            board::flash_len(rig.slot_size()) as usize,
+            board::Durability::Sync,
+        )
+        .unwrap();
         Device::provision(
             flash,
             board::layout(rig.slot_size()),

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use aloft_device::{Device, Slot};
 use aloft_firmware::board::{self, FileFlash};
-use aloft_firmware::identity;
+use aloft_agent::Identity;
 use aloft_protocol::prost::Message as _;
 use aloft_protocol::trust::VerifiedTrustRoot;
 use serde::Serialize;
@@ -56,22 +56,16 @@ pub struct FactorySummary {
 
 /// Runs the factory step.
 pub fn provision(opts: &FactoryOptions) -> Result<FactorySummary, ReleaseError> {
-    let bundle = identity::read_bundle(&opts.identity).map_err(|e| ReleaseError::BadFile {
+    let bad_identity = |e: aloft_agent::IdentityError| ReleaseError::BadFile {
         path: opts.identity.clone(),
         what: "identity bundle",
         reason: e.to_string(),
-    })?;
-    let envelope = bundle
-        .trust_root
-        .as_ref()
-        .ok_or_else(|| ReleaseError::BadFile {
-            path: opts.identity.clone(),
-            what: "identity bundle",
-            reason: "it holds no TrustRoot".into(),
-        })?;
-    let trust = VerifiedTrustRoot::from_initial(envelope, now())
+    };
+    let identity = Identity::load(&opts.identity).map_err(bad_identity)?;
+    // At the factory the TrustRoot must also be current.
+    let trust = VerifiedTrustRoot::from_initial(&identity.trust_root().envelope, now())
         .map_err(ReleaseError::refused("the identity's TrustRoot"))?;
-    let config = board::device_config(&bundle.attributes);
+    let config = identity.device_config().map_err(bad_identity)?;
 
     let release = read_bundle(&opts.bundle)?;
     let (manifest, image) = check_bundle(&release, &trust)?;
@@ -117,7 +111,7 @@ pub fn provision(opts: &FactoryOptions) -> Result<FactorySummary, ReleaseError> 
         .as_ref()
         .map(|m| m.encode_to_vec())
         .unwrap_or_default();
-    let result = FileFlash::create(&opts.flash, flash_len)
+    let result = FileFlash::create(&opts.flash, flash_len as usize, board::Durability::Sync)
         .map_err(|e| ReleaseError::BadFile {
             path: opts.flash.clone(),
             what: "flash file",
@@ -136,7 +130,7 @@ pub fn provision(opts: &FactoryOptions) -> Result<FactorySummary, ReleaseError> 
     };
     debug_assert_eq!(device.active_slot(), Slot::A);
     Ok(FactorySummary {
-        device_id: bundle.device_id,
+        device_id: identity.device_id().to_string(),
         flash: opts.flash.clone(),
         flash_len,
         slot_size: opts.slot_size,
