@@ -210,7 +210,7 @@ struct Outbound {
     sent: HashSet<Vec<u8>>,
 }
 
-type Observer = Box<dyn FnMut(&Event) + Send>;
+type Observer = Box<dyn FnMut(&Event) + Send + Sync>;
 
 /// The device runtime over flash `F`: see the crate docs for how a firmware
 /// uses it.
@@ -302,7 +302,7 @@ impl<F: NorFlash> Agent<F> {
     }
 
     /// Calls `observer` for every [`Event`] (progress, timings).
-    pub fn with_observer(mut self, observer: impl FnMut(&Event) + Send + 'static) -> Self {
+    pub fn with_observer(mut self, observer: impl FnMut(&Event) + Send + Sync + 'static) -> Self {
         self.observer = Some(Box::new(observer));
         self
     }
