@@ -121,6 +121,11 @@ impl Identity {
     pub fn from_bundle(bundle: pb::IdentityBundle) -> Result<Self, IdentityError> {
         let device_id = DeviceId::new(&bundle.device_id)
             .map_err(|_| IdentityError::DeviceId(bundle.device_id.clone()))?;
+        // Exactly 32 bytes: a shorter slice would be zero-padded by the curve
+        // library, hiding a truncated bundle.
+        if bundle.private_key.len() != SecretKey::LEN {
+            return Err(IdentityError::PrivateKey);
+        }
         let key =
             SecretKey::from_slice(&bundle.private_key).map_err(|_| IdentityError::PrivateKey)?;
         let url = bundle.server_url;
