@@ -81,6 +81,12 @@ pub fn run(args: &Args) -> Result<()> {
         return profile(&bin);
     }
     let root = workspace_root();
+    // Leftovers of an interrupted run (e.g. a half-filled store) go first.
+    let scratch = target_dir()?.join("bench-scratch");
+    if scratch.exists() {
+        std::fs::remove_dir_all(&scratch)
+            .with_context(|| format!("removing {}", scratch.display()))?;
+    }
     let deadline = Duration::from_secs(args.timeout_minutes.max(1) * 60);
     let mut bench_args: Vec<String> = vec![
         "--json".into(),
@@ -90,7 +96,7 @@ pub fn run(args: &Args) -> Result<()> {
         "--commit".into(),
         git_commit(),
         "--scratch".into(),
-        target_dir()?.join("bench-scratch").display().to_string(),
+        scratch.display().to_string(),
         "--supervisor".into(),
         std::process::id().to_string(),
         "--deadline-secs".into(),

@@ -239,6 +239,27 @@ fn run_with(ctx: &Ctx, n: u32) -> anyhow::Result<BenchResult> {
         ));
     }
 
+    // The store alone: the same paged scan, decoding only.
+    let (scanned, store_scan_s) = timed(|| -> anyhow::Result<u64> {
+        let mut seen = 0u64;
+        let mut after: Option<DeviceId> = None;
+        loop {
+            let page = store
+                .list_devices(after.as_ref(), PAGE, &mut |_| true)
+                .map_err(|e| anyhow!("list: {e}"))?;
+            let Some(last) = page.last() else { break };
+            after = Some(DeviceId::new(&last.device_id).map_err(|e| anyhow!("{e}"))?);
+            seen += page.len() as u64;
+            if page.len() < PAGE {
+                break;
+            }
+        }
+        Ok(seen)
+    });
+    if scanned? != u64::from(n) {
+        return Err(anyhow!("the store scan did not see every device"));
+    }
+
     // The engine alone, over views already in memory.
     let views: Vec<DeviceView> = {
         let mut v = Vec::with_capacity(n as usize);
@@ -319,6 +340,10 @@ fn run_with(ctx: &Ctx, n: u32) -> anyhow::Result<BenchResult> {
         ),
     ]);
     t.row(&[
+        "of which: the store scan alone (list_devices pages, decode)".to_string(),
+        format!("{store_scan_s:.2} s"),
+    ]);
+    t.row(&[
         "stage membership, engine only (views in memory)".to_string(),
         format!("{:.3} s", engine_s),
     ]);
@@ -362,6 +387,7 @@ fn run_with(ctx: &Ctx, n: u32) -> anyhow::Result<BenchResult> {
     r.figure("create_and_membership_s", create_s);
     r.samples("create_and_membership_s", &scan_s);
     r.figure("membership_engine_only_s", engine_s);
+    r.figure("store_scan_only_s", store_scan_s);
     r.figure("decide_p50_us", d50);
     r.figure("decide_p99_us", d99);
     r.figure("decide_max_us", dmax);
