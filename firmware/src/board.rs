@@ -24,8 +24,9 @@ pub const HARDWARE: &str = "sim-1";
 pub const SECTOR: u32 = 4096;
 /// Size of the state partition (two banks of 8 sectors).
 pub const STATE_SIZE: u32 = 16 * SECTOR;
-/// Default slot size: room for the stripped firmware image (see README).
-pub const DEFAULT_SLOT_SIZE: u32 = 16 * 1024 * 1024;
+/// Default slot size: the stripped firmware image (about 5 MB with the
+/// `firmware` profile) with room to grow.
+pub const DEFAULT_SLOT_SIZE: u32 = 8 * 1024 * 1024;
 
 /// Why a flash length or slot size is not a valid board.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -75,7 +76,8 @@ pub fn image_capacity(slot_size: u32) -> u32 {
 /// Opens an existing flash file and derives its layout from its length.
 pub fn open_flash(path: &Path) -> Result<(FileFlash, Layout), crate::BoardError> {
     let flash = FileFlash::open(path, Durability::Sync)?;
-    let layout = layout_for_len(embedded_storage::nor_flash::ReadNorFlash::capacity(&flash) as u64)?;
+    let layout =
+        layout_for_len(embedded_storage::nor_flash::ReadNorFlash::capacity(&flash) as u64)?;
     Ok((flash, layout))
 }
 

@@ -25,8 +25,8 @@ use embedded_storage::nor_flash::ReadNorFlash as _;
 use serde::Serialize;
 
 use crate::board;
-use aloft_agent::{Identity, IdentityError};
 use crate::watchdog::{self, EXIT_HEALTH_FAILED, EXIT_REBOOT, Event};
+use aloft_agent::{Identity, IdentityError};
 
 /// How the simulator runs.
 #[derive(Clone, Debug)]

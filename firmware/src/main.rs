@@ -6,6 +6,11 @@
 //! channel, starts petting the watchdog, runs its health check, confirms
 //! itself (a trial image becomes the active one and the security floor
 //! rises), then runs the device agent until an install asks for a reboot.
+//!
+//! Optional environment (inherited through `aloft-boot`):
+//! `ALOFT_AGENT_MAX_CHECK_IN_MS` caps the session length / check-in delay,
+//! `ALOFT_AGENT_HEARTBEAT_MS` sets the heartbeat interval; `RUST_LOG` the
+//! log filter (logs go to stderr; stdout is the watchdog channel).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -95,7 +100,10 @@ fn main() -> ExitCode {
         }
         Ok(Exit::Shutdown) => ExitCode::SUCCESS,
         Ok(Exit::HealthFailed(e)) => {
-            tracing::error!(trial = boot.trial, "health check failed: {e}; not confirming");
+            tracing::error!(
+                trial = boot.trial,
+                "health check failed: {e}; not confirming"
+            );
             ExitCode::from(EXIT_HEALTH_FAILED as u8)
         }
         Err(e) => {
@@ -128,7 +136,11 @@ fn start_petting(timeout: Duration) {
 
 /// The sample health check: the device state says this slot was booted,
 /// and no deliberate health fault is baked in.
-fn health_check(cfg: &FirmwareConfig, boot: &Boot, device: &Device<board::FileFlash>) -> Result<(), String> {
+fn health_check(
+    cfg: &FirmwareConfig,
+    boot: &Boot,
+    device: &Device<board::FileFlash>,
+) -> Result<(), String> {
     if cfg.fault == Fault::Health {
         return Err("deliberate fault: the health check fails".into());
     }
@@ -156,7 +168,7 @@ fn run(cfg: &FirmwareConfig, boot: &Boot) -> anyhow::Result<Exit> {
         security_version: boot.security_version,
         slot: boot.slot,
     };
-    let mut agent = Agent::new(identity, device, running, AgentConfig::default())?;
+    let mut agent = Agent::new(identity, device, running, agent_config()?)?;
     agent.confirm().context("confirming this image")?;
     Event::Confirmed.send();
     tracing::info!(version = %cfg.version, "confirmed; running the agent");
@@ -165,12 +177,44 @@ fn run(cfg: &FirmwareConfig, boot: &Boot) -> anyhow::Result<Exit> {
         .build()?;
     let outcome = rt.block_on(agent.run(shutdown_signal()))?;
     Ok(match outcome {
-        Outcome::RebootRequested { release_id, version } => {
+        Outcome::RebootRequested {
+            release_id,
+            version,
+        } => {
             tracing::info!(%release_id, %version, "installed; rebooting");
             Exit::Reboot
         }
         Outcome::Shutdown => Exit::Shutdown,
     })
+}
+
+/// Environment variable: upper bound on a session / check-in delay, in
+/// milliseconds (demos shorten it so devices see new rollouts quickly).
+const ENV_MAX_CHECK_IN_MS: &str = "ALOFT_AGENT_MAX_CHECK_IN_MS";
+/// Environment variable: heartbeat interval within a session, in milliseconds.
+const ENV_HEARTBEAT_MS: &str = "ALOFT_AGENT_HEARTBEAT_MS";
+
+/// The agent's defaults, with the optional overrides above (inherited from
+/// `aloft-boot`'s environment).
+fn agent_config() -> anyhow::Result<AgentConfig> {
+    let mut config = AgentConfig::default();
+    let ms = |name: &str| -> anyhow::Result<Option<Duration>> {
+        match std::env::var(name) {
+            Ok(v) => Ok(Some(Duration::from_millis(
+                v.parse()
+                    .with_context(|| format!("{name}={v:?} is not a number"))?,
+            ))),
+            Err(_) => Ok(None),
+        }
+    };
+    if let Some(d) = ms(ENV_MAX_CHECK_IN_MS)? {
+        config.max_check_in = d;
+        config.default_check_in = config.default_check_in.min(d);
+    }
+    if let Some(d) = ms(ENV_HEARTBEAT_MS)? {
+        config.heartbeat = d;
+    }
+    Ok(config)
 }
 
 /// Completes on SIGTERM or SIGINT.

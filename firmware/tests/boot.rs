@@ -18,97 +18,16 @@ use aloft_device::{Device, ReportDetail, ReportKind, Slot};
 use aloft_firmware::board::{self, FileFlash};
 use aloft_firmware::boot::{self, BootEvent, BootOptions, Outcome};
 use aloft_firmware::config::{self, Fault, FirmwareConfig};
-use aloft_protocol::envelope::seal;
-use aloft_protocol::keys::Domain;
-use aloft_protocol::payload::{TAG_LEN, encrypt_payload};
+use aloft_protocol::payload::TAG_LEN;
 use aloft_protocol::prost::Message as _;
 use aloft_protocol::trust::{
-    VerifiedDirective, VerifiedManifest, VerifiedTrustRoot, VerifiedUpdate, WrappedContentKey,
+    VerifiedDirective, VerifiedTrustRoot, VerifiedUpdate, WrappedContentKey,
 };
-use aloft_protocol::{
-    ContentKey, DeviceId, DeviceNonce, Digest, NoncePrefix, SecretKey, UnixTime, Version, pb,
-};
+use aloft_protocol::{DeviceId, DeviceNonce, SecretKey, UnixTime, Version, pb};
 
-const NOW: u64 = 1_900_000_000;
+mod common;
 
-/// The firmware binary, stripped when `strip` is installed (once per run).
-fn firmware_image() -> Vec<u8> {
-    static IMAGE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-    IMAGE.get_or_init(strip_firmware).clone()
-}
-
-fn strip_firmware() -> Vec<u8> {
-    let built = PathBuf::from(env!("CARGO_BIN_EXE_aloft-firmware"));
-    let dir = tempfile::tempdir().unwrap();
-    let copy = dir.path().join("fw");
-    std::fs::copy(&built, &copy).unwrap();
-    let _ = std::process::Command::new("strip").arg(&copy).status();
-    std::fs::read(&copy).unwrap()
-}
-
-struct Keys {
-    root: SecretKey,
-    release: SecretKey,
-    server: SecretKey,
-}
-
-impl Keys {
-    fn new() -> Self {
-        Self {
-            root: SecretKey::generate(),
-            release: SecretKey::generate(),
-            server: SecretKey::generate(),
-        }
-    }
-
-    fn trust_root(&self) -> pb::SignedEnvelope {
-        let tr = pb::TrustRoot {
-            version: 1,
-            expires_at: NOW + 86_400,
-            root_keys: vec![self.root.public_key().to_sec1_compressed().to_vec()],
-            root_threshold: 1,
-            release_keys: vec![self.release.public_key().to_sec1_compressed().to_vec()],
-            release_threshold: 1,
-            server_keys: vec![self.server.public_key().to_sec1_compressed().to_vec()],
-        };
-        seal(&tr, Domain::TrustRoot, &[&self.root])
-    }
-}
-
-struct Release {
-    image: Vec<u8>,
-    envelope: Vec<u8>,
-    manifest: VerifiedManifest,
-    key: ContentKey,
-    payload: Vec<u8>,
-}
-
-fn release(keys: &Keys, trust: &VerifiedTrustRoot, image: Vec<u8>, version: &str) -> Release {
-    let m = pb::ReleaseManifest {
-        release_id: format!("{}-{version}", board::PRODUCT),
-        product: board::PRODUCT.into(),
-        hardware: vec![board::HARDWARE.into()],
-        version: version.into(),
-        security_version: 1,
-        image_len: image.len() as u64,
-        image_sha256: Digest::of(&image).as_bytes().to_vec(),
-        chunk_size: 64 * 1024,
-        nonce_prefix: vec![7; NoncePrefix::LEN],
-        created_at: NOW,
-        expires_at: NOW + 3600,
-    };
-    let env = seal(&m, Domain::ReleaseManifest, &[&keys.release]);
-    let manifest = trust.verify_manifest(&env, UnixTime(NOW)).unwrap();
-    let key = ContentKey::from_bytes([9; 32]);
-    let payload = encrypt_payload(&key, &manifest.payload_params(), &image).unwrap();
-    Release {
-        image,
-        envelope: env.encode_to_vec(),
-        manifest,
-        key,
-        payload,
-    }
-}
+use common::{Keys, NOW, Release, firmware_image, release};
 
 struct Rig {
     dir: tempfile::TempDir,

@@ -10,9 +10,9 @@
 
 use std::path::{Path, PathBuf};
 
+use aloft_agent::Identity;
 use aloft_device::{Device, Slot};
 use aloft_firmware::board::{self, FileFlash};
-use aloft_agent::Identity;
 use aloft_protocol::prost::Message as _;
 use aloft_protocol::trust::VerifiedTrustRoot;
 use serde::Serialize;

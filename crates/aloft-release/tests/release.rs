@@ -71,13 +71,24 @@ fn keys_are_private_kept_and_listed_in_the_trust_root() {
     let dir = tempfile::tempdir().unwrap();
     let opts = keys_in(dir.path());
     let first = keys::create_keys(&opts).unwrap();
-    for f in [keys::ROOT_KEY, keys::RELEASE_KEY, keys::CA_KEY, keys::SERVER_TLS_KEY] {
+    for f in [
+        keys::ROOT_KEY,
+        keys::RELEASE_KEY,
+        keys::CA_KEY,
+        keys::SERVER_TLS_KEY,
+    ] {
         assert_eq!(mode(&opts.out.join(f)), 0o600, "{f}");
     }
     assert_eq!(mode(&dir.path().join("server-data/server-key")), 0o600);
     let trust = keys::read_trust_root(&opts.out).unwrap();
-    assert_eq!(trust.release_keys[0].key_id().to_string(), first.release_key_id);
-    assert_eq!(trust.server_keys[0].key_id().to_string(), first.server_key_id);
+    assert_eq!(
+        trust.release_keys[0].key_id().to_string(),
+        first.release_key_id
+    );
+    assert_eq!(
+        trust.server_keys[0].key_id().to_string(),
+        first.server_key_id
+    );
     assert!(
         std::fs::read_to_string(opts.out.join(keys::SERVER_CERT))
             .unwrap()
@@ -92,7 +103,10 @@ fn keys_are_private_kept_and_listed_in_the_trust_root() {
     assert_eq!(second.root_key_id, first.root_key_id);
     assert_eq!(second.release_key_id, first.release_key_id);
     assert!(second.created.is_empty(), "{:?}", second.created);
-    assert_eq!(keys::read_trust_root(&opts.out).unwrap().server_keys, [server]);
+    assert_eq!(
+        keys::read_trust_root(&opts.out).unwrap().server_keys,
+        [server]
+    );
 }
 
 #[test]
@@ -129,7 +143,12 @@ fn refuses_unreadable_loose_or_malformed_key_files() {
     assert!(err.to_string().contains("chmod 600"), "{err}");
     let short = dir.path().join("short.key");
     keyfile::write_private(&short, &[1; 31]).unwrap();
-    assert!(keyfile::read_key(&short).unwrap_err().to_string().contains("31 bytes"));
+    assert!(
+        keyfile::read_key(&short)
+            .unwrap_err()
+            .to_string()
+            .contains("31 bytes")
+    );
     let zero = dir.path().join("zero.key");
     keyfile::write_private(&zero, &[0; 32]).unwrap();
     assert!(matches!(
@@ -149,7 +168,10 @@ fn refuses_malformed_versions() {
         assert!(
             matches!(
                 release::parse_version(bad),
-                Err(ReleaseError::InvalidArg { what: "version", .. })
+                Err(ReleaseError::InvalidArg {
+                    what: "version",
+                    ..
+                })
             ),
             "{bad:?}"
         );
@@ -172,7 +194,10 @@ fn refuses_a_release_key_the_trust_root_does_not_list() {
         matches!(
             err,
             ReleaseError::Refused {
-                source: P::ThresholdNotMet { needed: 1, valid: 0 },
+                source: P::ThresholdNotMet {
+                    needed: 1,
+                    valid: 0
+                },
                 ..
             }
         ),
@@ -278,7 +303,10 @@ fn factory_refuses_foreign_small_or_unsigned_releases() {
     };
     assert!(matches!(
         provision(&other_product),
-        Err(ReleaseError::InvalidArg { what: "release", .. })
+        Err(ReleaseError::InvalidArg {
+            what: "release",
+            ..
+        })
     ));
     let small = FactoryOptions {
         slot_size: 64 * 1024,
@@ -286,9 +314,15 @@ fn factory_refuses_foreign_small_or_unsigned_releases() {
     };
     assert!(matches!(
         provision(&small),
-        Err(ReleaseError::InvalidArg { what: "slot size", .. })
+        Err(ReleaseError::InvalidArg {
+            what: "slot size",
+            ..
+        })
     ));
-    assert!(!flash.exists(), "a refused factory step leaves no flash file");
+    assert!(
+        !flash.exists(),
+        "a refused factory step leaves no flash file"
+    );
 
     // A bundle signed under another key directory's TrustRoot.
     let other = tempfile::tempdir().unwrap();
@@ -329,8 +363,19 @@ fn cli(args: &[&str]) -> std::process::Output {
 fn cli_runs_keys_release_and_factory_and_refuses_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     let d = |p: &str| dir.path().join(p).display().to_string();
-    let out = cli(&["keys", "--out", &d("keys"), "--server-data", &d("data"), "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli(&[
+        "keys",
+        "--out",
+        &d("keys"),
+        "--server-data",
+        &d("data"),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["trust_root_version"], 1);
 
@@ -342,14 +387,21 @@ fn cli_runs_keys_release_and_factory_and_refuses_bad_input() {
         cli(&args)
     };
     let out = release(&["--version", "1.0.0", "--out", &d("r.bundle")]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["release_id"], "aloft-sample-1.0.0");
     assert_eq!(summary["image_len"], 50_000);
 
     for (args, needle) in [
         (vec!["--version", "1.2", "--out", &d("x")], "version"),
-        (vec!["--version", "1.2.0", "--fault", "explode", "--out", &d("x")], "fault"),
+        (
+            vec!["--version", "1.2.0", "--fault", "explode", "--out", &d("x")],
+            "fault",
+        ),
         (vec!["--version", "1.2.0"], "--out"),
     ] {
         let out = release(&args);
@@ -380,7 +432,11 @@ fn cli_runs_keys_release_and_factory_and_refuses_bad_input() {
         "131072",
         "--json",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["version"], "1.0.0");
     assert_eq!(
