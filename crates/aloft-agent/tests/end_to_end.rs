@@ -287,3 +287,83 @@ async fn tls_with_another_ca_is_refused() {
     assert!(info.last_seen > 0);
     h.server.shutdown().await.unwrap();
 }
+
+/// A TCP proxy to `target` that cuts its first connection after `budget`
+/// bytes from the server, then forwards everything.
+async fn cutting_proxy(target: std::net::SocketAddr, budget: usize) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(target).await.unwrap();
+            let limit = if first { budget } else { usize::MAX };
+            first = false;
+            tokio::spawn(async move {
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let up = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                });
+                let mut sent = 0usize;
+                let mut buf = vec![0u8; 4096];
+                loop {
+                    let n = match sr.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n.min(limit - sent),
+                    };
+                    if cw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    sent += n;
+                    if sent >= limit {
+                        break;
+                    }
+                }
+                // Dropping both halves closes the connection both ways.
+                up.abort();
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_connection_mid_download_resumes() {
+    let h = Harness::start(false).await;
+    let factory = h.keys.release("1.0.0", 30 * 1024);
+    let update = h.keys.release("1.1.0", IMAGE);
+    h.upload(&update).await;
+    h.rollout("r1", &update.id, "").await;
+    let (identity, device) = h.provision("dev-drop", &factory).await;
+    let proxy = cutting_proxy(h.server.local_addr(), 25 * 1024).await;
+    let mut bundle = identity.to_bundle();
+    bundle.server_url = format!("http://{proxy}");
+    let identity = aloft_agent::Identity::from_bundle(bundle).unwrap();
+
+    let (agent, _) = boot(&identity, device);
+    let (events, observer) = recorder();
+    let mut agent = agent.with_observer(observer);
+    let outcome = run_until_reboot(&mut agent).await;
+    assert!(matches!(outcome, Outcome::RebootRequested { .. }));
+    let events = events.lock().unwrap().clone();
+    let starts: Vec<u32> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::DownloadStarted { start_chunk, .. } => Some(*start_chunk),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(starts.len(), 2, "one drop, one resume: {starts:?}");
+    assert_eq!(starts[0], 0);
+    assert!(starts[1] > 0, "resumed, not restarted: {starts:?}");
+    assert_eq!(starts[1] % 16, 0, "at a sector boundary (16 chunks)");
+    assert!(
+        events.iter().any(|e| matches!(e, Event::Retrying { .. })),
+        "the drop was retried"
+    );
+    let (_agent, booted) = boot(&identity, agent.into_device());
+    assert_eq!((booted.slot, booted.trial), (Slot::B, true));
+    h.server.shutdown().await.unwrap();
+}
