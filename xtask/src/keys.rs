@@ -10,7 +10,11 @@ use crate::release::run_release_tool;
 #[command(disable_help_flag = true)]
 pub struct Args {
     /// Arguments for `aloft-release keys`, e.g. `--out DIR [--server-data DIR | --server-key HEX] [--json]`.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "ARGS"
+    )]
     pub args: Vec<String>,
 }
 

@@ -19,7 +19,11 @@ use crate::cmd::{cargo, workspace_root};
 pub struct Args {
     /// Arguments for `aloft-release release`, e.g. `--keys DIR --version V
     /// [--security-version N] [--fault none|health|crash|hang] [--out FILE | --server URL]`.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "ARGS"
+    )]
     pub args: Vec<String>,
 }
 
@@ -42,7 +46,10 @@ pub fn run_release_tool(subcommand: &str, args: &[String]) -> anyhow::Result<()>
         .args(["-p", "aloft-release", "--bin", "aloft-release", "--"])
         .arg(subcommand)
         .args(args);
-    eprintln!("$ cargo run -q -p aloft-release -- {subcommand} {}", args.join(" "));
+    eprintln!(
+        "$ cargo run -q -p aloft-release -- {subcommand} {}",
+        args.join(" ")
+    );
     let status = command
         .status()
         .context("could not run cargo for aloft-release")?;

@@ -82,7 +82,7 @@ pub fn provision(opts: &FactoryOptions) -> Result<FactorySummary, ReleaseError> 
             ),
         });
     }
-    if opts.slot_size == 0 || opts.slot_size % board::SECTOR != 0 {
+    if opts.slot_size == 0 || !opts.slot_size.is_multiple_of(board::SECTOR) {
         return Err(ReleaseError::InvalidArg {
             what: "slot size",
             reason: format!("{} is not a multiple of {}", opts.slot_size, board::SECTOR),

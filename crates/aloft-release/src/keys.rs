@@ -135,7 +135,7 @@ pub fn create_keys(opts: &KeysOptions) -> Result<KeysSummary, ReleaseError> {
         created.push(RELEASE_KEY.to_owned());
     }
     let server = match &opts.server_key {
-        ServerKeySource::Public(key) => key.clone(),
+        ServerKeySource::Public(key) => *key,
         ServerKeySource::DataDir(data) => {
             std::fs::create_dir_all(data).map_err(ReleaseError::io(data))?;
             let path = data.join(SERVER_DATA_KEY);

@@ -98,7 +98,7 @@ fn keys_are_private_kept_and_listed_in_the_trust_root() {
     // A second run keeps every key and re-signs with a given server key.
     let server = SecretKey::generate().public_key();
     let mut again = opts.clone();
-    again.server_key = ServerKeySource::Public(server.clone());
+    again.server_key = ServerKeySource::Public(server);
     let second = keys::create_keys(&again).unwrap();
     assert_eq!(second.root_key_id, first.root_key_id);
     assert_eq!(second.release_key_id, first.release_key_id);
