@@ -215,6 +215,7 @@ fn run(ctx: &Ctx) -> anyhow::Result<BenchResult> {
         ],
     );
     let mut headline = None;
+    let mut with_blocks = None;
     for &(cs, unit) in configs {
         let (layout, base) = if unit == BLOCK_64K {
             (s.layout_64k, &s.base_64k)
@@ -286,12 +287,7 @@ fn run(ctx: &Ctx) -> anyhow::Result<BenchResult> {
             headline = Some((ratio, chunk_ratio));
         }
         if cs == HEADLINE_CHUNK && unit == BLOCK_64K {
-            r.goal(
-                "the same with 64 KiB slot erase blocks (16x fewer progress records)",
-                "(reference)",
-                format!("{ratio:.2}"),
-                None,
-            );
+            with_blocks = Some(ratio);
         }
     }
     r.tables.push(table);
@@ -306,6 +302,14 @@ fn run(ctx: &Ctx) -> anyhow::Result<BenchResult> {
             "per-chunk path / raw AES-GCM throughput, 4 KiB chunks",
             "(reference)",
             format!("{chunk_ratio:.2}"),
+            None,
+        );
+    }
+    if let Some(ratio) = with_blocks {
+        r.goal(
+            "install ratio with 64 KiB slot erase blocks (16x fewer progress records)",
+            "(reference)",
+            format!("{ratio:.2}"),
             None,
         );
     }

@@ -76,7 +76,12 @@ fn openssl(ctx: &Ctx, seconds: u32) -> anyhow::Result<(String, f64)> {
     if !version.status.success() {
         bail!("`openssl version` failed");
     }
-    let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
+    // "OpenSSL 3.0.19 27 Jan 2026 (Library: ...)": keep name and version.
+    let version = String::from_utf8_lossy(&version.stdout)
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
     let mut child = ctx
         .spawn(
             Command::new("openssl")
