@@ -308,3 +308,79 @@ fn tampered_slot_is_never_started() {
     assert!(events.is_empty(), "nothing may start: {events:?}");
     assert!(!rig.dir.path().join("slot-a").exists());
 }
+
+/// Processes whose executable is `exe`.
+fn running(exe: &std::path::Path) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter(|e| std::fs::read_link(e.path().join("exe")).is_ok_and(|p| p == exe))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn aloft_boot_prints_json_and_stops_its_firmware_on_sigterm() {
+    use std::io::BufRead as _;
+    let rig = Rig::new();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_aloft-boot"))
+        .arg("--flash")
+        .arg(rig.flash())
+        .arg("--identity")
+        .arg(rig.identity())
+        .args(["--json", "--watchdog-ms", "5000"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut events = Vec::new();
+    for line in lines.by_ref() {
+        let event: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        let done = event["event"] == "confirmed";
+        events.push(event);
+        if done {
+            break;
+        }
+    }
+    assert_eq!(events[0]["event"], "booted");
+    assert_eq!(events[0]["slot"], "A");
+    assert_eq!(events[0]["version"], "1.0.0");
+    let slot_exe = rig.dir.path().join("slot-a");
+    assert_eq!(running(&slot_exe).len(), 1, "the firmware runs");
+
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "aloft-boot ignored SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    assert!(rest.iter().any(|l| l.contains("\"stopped\"")), "{rest:?}");
+    assert!(running(&slot_exe).is_empty(), "the firmware was killed");
+}
+
+#[test]
+fn aloft_boot_exits_non_zero_when_nothing_verifies() {
+    let rig = Rig::new();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_aloft-boot"))
+        .arg("--flash")
+        .arg(rig.dir.path().join("missing.bin"))
+        .arg("--identity")
+        .arg(rig.identity())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.bin"));
+}
