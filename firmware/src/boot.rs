@@ -35,7 +35,9 @@ pub struct BootOptions {
     pub flash: PathBuf,
     /// The device's identity bundle.
     pub identity: PathBuf,
-    /// Where the started image is written (`slot-a`, `slot-b`).
+    /// Where the started image is written, as `STEM.slot-a` / `STEM.slot-b`
+    /// (STEM: the flash file's name without extension), so several devices
+    /// can share one directory.
     pub work_dir: PathBuf,
     /// Watchdog timeout: a firmware silent this long is killed.
     pub watchdog: Duration,
@@ -196,9 +198,7 @@ pub fn run(
         if on_event(&event).is_break() {
             return Ok(boots);
         }
-        let exe = opts
-            .work_dir
-            .join(format!("slot-{}", slot.to_ascii_lowercase()));
+        let exe = exe_path(opts, slot);
         write_executable(&exe, &image).map_err(|source| BootError::Start {
             path: exe.clone(),
             source,
@@ -236,9 +236,21 @@ pub fn run(
     Ok(boots)
 }
 
+/// Where the image of `slot` is written before it is started.
+pub fn exe_path(opts: &BootOptions, slot: char) -> PathBuf {
+    let stem = opts
+        .flash
+        .file_stem()
+        .map_or_else(|| "flash".into(), |s| s.to_string_lossy());
+    opts.work_dir
+        .join(format!("{stem}.slot-{}", slot.to_ascii_lowercase()))
+}
+
 /// Writes `image` as an executable file (via a temporary name and rename).
 fn write_executable(path: &Path, image: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     std::fs::write(&tmp, image)?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
     std::fs::rename(&tmp, path)

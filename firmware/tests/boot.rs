@@ -306,7 +306,7 @@ fn tampered_slot_is_never_started() {
         "{err}"
     );
     assert!(events.is_empty(), "nothing may start: {events:?}");
-    assert!(!rig.dir.path().join("slot-a").exists());
+    assert!(!rig.dir.path().join("flash.slot-a").exists());
 }
 
 /// Processes whose executable is `exe`.
@@ -346,7 +346,7 @@ fn aloft_boot_prints_json_and_stops_its_firmware_on_sigterm() {
     assert_eq!(events[0]["event"], "booted");
     assert_eq!(events[0]["slot"], "A");
     assert_eq!(events[0]["version"], "1.0.0");
-    let slot_exe = rig.dir.path().join("slot-a");
+    let slot_exe = rig.dir.path().join("flash.slot-a");
     assert_eq!(running(&slot_exe).len(), 1, "the firmware runs");
 
     let term = std::process::Command::new("kill")

@@ -87,8 +87,8 @@ struct ReleaseArgs {
     /// Days the manifest stays valid for new installs.
     #[arg(long, value_name = "DAYS", default_value_t = 90)]
     valid_days: u32,
-    /// Use this already built firmware image instead of building one (its
-    /// baked version and fault are what the devices will run).
+    /// Use this already built firmware image instead of building one (a
+    /// sample firmware image must have --version and --fault baked in).
     #[arg(long, value_name = "FILE")]
     image: Option<PathBuf>,
     /// Write the ReleaseBundle here.
@@ -220,6 +220,7 @@ fn run_release(args: ReleaseArgs) -> anyhow::Result<()> {
         None => release::build_firmware(version, fault)?,
     };
     let image = std::fs::read(&image_path).map_err(ReleaseError::io(&image_path))?;
+    release::check_baked(&image, &opts)?;
     let (bundle, mut summary) = release::make_bundle(&image, &opts, &release_key, &trust)?;
     drop(release_key);
     let mut staged = Vec::new();

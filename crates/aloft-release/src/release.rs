@@ -168,6 +168,26 @@ pub fn build_firmware(version: Version, fault: Fault) -> Result<PathBuf, Release
         .ok_or_else(|| ReleaseError::Build("cargo reported no firmware executable".into()))
 }
 
+/// Checks that a sample-firmware `image` has `opts`' version and fault baked
+/// in (its configuration record, see `aloft_firmware::config`); an image
+/// without a record (another firmware) is accepted as it is. A mismatch
+/// would make devices report a version the manifest does not name.
+pub fn check_baked(image: &[u8], opts: &ReleaseOptions) -> Result<(), ReleaseError> {
+    let Ok(baked) = aloft_firmware::config::read_record(image) else {
+        return Ok(());
+    };
+    if baked.version != opts.version || baked.fault != opts.fault {
+        return Err(ReleaseError::InvalidArg {
+            what: "image",
+            reason: format!(
+                "it was built as version {} with fault {}, not version {} with fault {}",
+                baked.version, baked.fault, opts.version, opts.fault
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Signs and encrypts `image` into a release bundle, then checks it against
 /// `trust` exactly as a device would ([`check_bundle`]); a release key that
 /// the TrustRoot does not list is refused here, not on the devices.

@@ -183,6 +183,30 @@ fn refuses_malformed_versions() {
 }
 
 #[test]
+fn refuses_an_image_built_with_another_version_or_fault() {
+    use aloft_firmware::config::{Fault, FirmwareConfig};
+    let rec = |version, fault| {
+        let mut image = image(1000);
+        image.extend_from_slice(&FirmwareConfig { version, fault }.record());
+        image
+    };
+    let mut opts = ReleaseOptions::new(Version::new(1, 2, 0));
+    opts.fault = Fault::Crash;
+    release::check_baked(&rec(Version::new(1, 2, 0), Fault::Crash), &opts).unwrap();
+    for bad in [
+        rec(Version::new(1, 1, 0), Fault::Crash),
+        rec(Version::new(1, 2, 0), Fault::None),
+    ] {
+        assert!(matches!(
+            release::check_baked(&bad, &opts),
+            Err(ReleaseError::InvalidArg { what: "image", .. })
+        ));
+    }
+    // Not a sample firmware: nothing to compare.
+    release::check_baked(&image(1000), &opts).unwrap();
+}
+
+#[test]
 fn refuses_a_release_key_the_trust_root_does_not_list() {
     let dir = tempfile::tempdir().unwrap();
     keys::create_keys(&keys_in(dir.path())).unwrap();
