@@ -16,6 +16,7 @@ pub mod install;
 pub mod pending;
 pub mod rollout_scale;
 pub mod verify;
+pub mod wire_bytes;
 
 /// What every benchmark gets.
 #[derive(Debug)]
@@ -99,13 +100,7 @@ pub fn registry() -> Vec<Box<dyn Bench>> {
                     against nginx serving the same payload file over loopback",
         }),
         Box::new(rollout_scale::RolloutScale),
-        Box::new(pending::Pending {
-            name: "wire-bytes",
-            title: "Bytes on the wire",
-            item: 6,
-            needs: "a device update end to end through the agent (total bytes received \
-                    against the image size)",
-        }),
+        Box::new(wire_bytes::WireBytes),
     ]
 }
 
