@@ -6,18 +6,20 @@
 //! # Design decisions
 //!
 //! - **Real parts only**: the devices run the same agent and device core as
-//!   the sample firmware; only the flash is simulated (aloft-device's
-//!   [`aloft_device::sim::SimFlash`], with its strict NOR rules).
+//!   the sample firmware; only the flash is simulated ([`flash::CowFlash`]:
+//!   the NOR rules of aloft-device's `SimFlash`, checked by a differential
+//!   test, stored copy-on-write per sector).
 //! - **Provisioning**: with an admin token the simulator registers its own
 //!   devices through the admin API (ids `PREFIX00000`...), reading the
 //!   TrustRoot from the server; or it loads identity bundles made by
 //!   `aloft device provision`. Every device gets the factory release (a
 //!   release bundle file) in slot A: the image is decrypted with the
 //!   bundle's content key and verified against the TrustRoot. The flash is
-//!   provisioned once and cloned per device.
-//! - **Memory per device** is the flash: two state sectors and two slots of
-//!   `slot_size` bytes (default: room for twice the factory image), so size
-//!   slots to the releases the run uses.
+//!   provisioned once and shared by every device copy-on-write.
+//! - **Memory per device** is what its flash does not share: an idle device
+//!   holds its state sectors only (8 KiB), a device that installed an update
+//!   also its new slot. Slot size is configurable (default: room for twice
+//!   the factory image); the summary reports the private flash per device.
 //! - **Source addresses**: against a loopback server each device binds its
 //!   own 127.x.y.z source address, so N can exceed one address's ephemeral
 //!   port range.
@@ -52,7 +54,7 @@ use tokio::task::JoinSet;
 use tonic::Request;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
-use crate::flash::{CutFlash, Nor, PowerSwitch, SECTOR};
+use crate::flash::{CowFlash, PowerSwitch, SECTOR};
 use crate::stats::{DeviceStats, Summary, settled};
 
 /// Why the simulation could not run.
@@ -360,7 +362,7 @@ pub async fn run(config: SimConfig) -> Result<Summary, SimError> {
     };
     let sectors = (2 * sector + 2 * slot_size) / sector;
     let template = Device::provision(
-        Nor::uniform(sectors as usize),
+        CowFlash::new(sectors as usize),
         layout,
         factory_config.clone(),
         &trust,
@@ -403,7 +405,7 @@ pub async fn run(config: SimConfig) -> Result<Summary, SimError> {
             agent_config.local_address = Some(source_addr(i));
         }
         let switch = Arc::new(PowerSwitch::default());
-        let flash = CutFlash::new(template.clone(), switch.clone());
+        let flash = template.share(switch.clone());
         let job = VirtualDevice {
             identity,
             layout,
@@ -628,7 +630,7 @@ impl VirtualDevice {
         }
     }
 
-    async fn run(self, flash: CutFlash, stop: watch::Receiver<bool>) {
+    async fn run(self, flash: CowFlash, stop: watch::Receiver<bool>) {
         let mut device = match Device::open(flash, self.layout, self.device_config.clone()) {
             Ok(d) => d,
             Err(e) => return self.fail(format!("open: {e}")),
@@ -703,5 +705,6 @@ impl VirtualDevice {
                 cut_armed = false;
             }
         }
+        self.stats.lock().unwrap().flash_private_bytes = device.flash().private_bytes();
     }
 }

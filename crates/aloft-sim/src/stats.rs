@@ -49,6 +49,8 @@ pub struct DeviceStats {
     pub install: Vec<Duration>,
     /// A fatal error that stopped the device.
     pub error: Option<String>,
+    /// Flash bytes this device does not share with the fleet (at the end).
+    pub flash_private_bytes: usize,
 }
 
 /// Latency percentiles in milliseconds.
@@ -124,6 +126,10 @@ pub struct Summary {
     pub auth: Percentiles,
     /// Download + install time.
     pub install: Percentiles,
+    /// Mean flash memory of a device (KiB not shared with the fleet).
+    pub flash_kib_mean: f64,
+    /// Largest flash memory of a device (KiB).
+    pub flash_kib_max: f64,
     /// Up to 10 device errors.
     pub errors: Vec<String>,
 }
@@ -194,6 +200,15 @@ impl Summary {
             connect: Percentiles::of(connect),
             auth: Percentiles::of(auth),
             install: Percentiles::of(install),
+            flash_kib_mean: all
+                .iter()
+                .map(|s| s.flash_private_bytes as f64 / 1024.0)
+                .sum::<f64>()
+                / all.len().max(1) as f64,
+            flash_kib_max: all
+                .iter()
+                .map(|s| s.flash_private_bytes as f64 / 1024.0)
+                .fold(0.0, f64::max),
             errors,
         }
     }
@@ -242,6 +257,11 @@ impl Summary {
                 p.count, p.p50_ms, p.p90_ms, p.p99_ms, p.max_ms
             );
         }
+        let _ = writeln!(
+            out,
+            "flash per device (KiB not shared): mean {:.1}, max {:.1}",
+            self.flash_kib_mean, self.flash_kib_max
+        );
         for e in &self.errors {
             let _ = writeln!(out, "error: {e}");
         }
