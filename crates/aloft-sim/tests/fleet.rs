@@ -86,3 +86,72 @@ async fn twenty_devices_update_resume_and_roll_back() {
     assert_eq!((updated, rolled_back), (16, 4));
     h.server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_runs_a_fleet_and_prints_json() {
+    use aloft_protocol::prost::Message as _;
+    let h = Harness::start(false).await;
+    let factory = h.keys.release("1.0.0", 8 * 1024);
+    let update = h.keys.release("1.1.0", 8 * 1024);
+    h.upload(&update).await;
+    h.rollout("cli", &update.id, "").await;
+    let bundle = pb::ReleaseBundle {
+        manifest: Some(factory.manifest.clone()),
+        content_key: factory.key.expose().to_vec(),
+        payload: factory.payload.clone(),
+    };
+    let path = h.dir.path().join("factory.bundle");
+    std::fs::write(&path, bundle.encode_to_vec()).unwrap();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_aloft-sim"))
+        .args(["--devices", "5", "--server", &h.url(), "--factory"])
+        .arg(&path)
+        .args(["--until-updated", "1.1.0", "--duration", "30", "--json"])
+        .args(["--progress", "0", "--backoff-ms", "50"])
+        .env("ALOFT_TOKEN", h.server.admin_token())
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["devices"], 5);
+    assert_eq!(summary["condition_met"], true);
+    assert_eq!(summary["outcomes"]["updated"], 5);
+    assert!(summary["auth"]["count"].as_u64().unwrap() >= 5);
+    assert!(summary["connect"]["p50_ms"].as_f64().unwrap() > 0.0);
+    h.server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_binary_refuses_missing_identity_source_and_bad_factory() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk");
+    std::fs::write(&junk, b"\xff\xff\xff not a bundle").unwrap();
+    let run = |args: Vec<&std::ffi::OsStr>| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_aloft-sim"));
+        c.args(args).env_remove("ALOFT_TOKEN");
+        c.output().unwrap()
+    };
+    let out = run(vec![
+        "--server".as_ref(),
+        "http://127.0.0.1:1".as_ref(),
+        "--factory".as_ref(),
+        junk.as_os_str(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--token"));
+    let out = run(vec![
+        "--server".as_ref(),
+        "http://127.0.0.1:1".as_ref(),
+        "--token".as_ref(),
+        "t".as_ref(),
+        "--factory".as_ref(),
+        junk.as_os_str(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a release bundle"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
