@@ -11,6 +11,7 @@ pub mod device;
 pub mod duration;
 pub mod output;
 pub mod release;
+pub mod rollout;
 pub mod token;
 pub mod trust;
 
@@ -83,6 +84,9 @@ pub enum Command {
     /// Upload and list releases.
     #[command(subcommand)]
     Release(release::ReleaseCommand),
+    /// Create, follow and steer staged rollouts.
+    #[command(subcommand)]
+    Rollout(rollout::RolloutCommand),
     /// Create, list and revoke operator tokens.
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -149,6 +153,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Device(cmd) => device::run(&mut ctx, cmd, prepared).await,
         Command::Release(cmd) => release::run(&mut ctx, cmd).await,
+        Command::Rollout(cmd) => rollout::run(&mut ctx, cmd).await,
         Command::Token(cmd) => token::run(&mut ctx, cmd).await,
         Command::TrustRoot(cmd) => trust::run_trust_root(&mut ctx, cmd).await,
         Command::Server(cmd) => trust::run_server(&mut ctx, cmd).await,
@@ -298,7 +303,37 @@ mod tests {
             ],
             &["device", "provision", "--id", "d"],
             &["device", "show"],
-            &["rollout", "list"],
+            &["rollout", "create", "r"],
+            &[
+                "rollout",
+                "create",
+                "r",
+                "--release",
+                "f",
+                "--stages",
+                "10%,5%",
+            ],
+            &[
+                "rollout",
+                "create",
+                "r",
+                "--release",
+                "f",
+                "--window",
+                "2-4",
+            ],
+            &[
+                "rollout",
+                "create",
+                "r",
+                "--release",
+                "f",
+                "--max-failure",
+                "5",
+            ],
+            &["rollout", "create", "r", "--release", "f", "--soak", "1"],
+            &["rollout", "exclude", "r"],
+            &["rollout", "bogus"],
         ] {
             let err = parse(bad).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{bad:?}");

@@ -116,6 +116,11 @@ pub fn render_fields(fields: &[(&str, String)]) -> String {
     out
 }
 
+/// Prints `text` as is on stdout (a closed pipe is not an error).
+pub fn print_text(text: &str) -> anyhow::Result<()> {
+    write_stdout(text)
+}
+
 fn write_stdout(text: &str) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     match stdout
