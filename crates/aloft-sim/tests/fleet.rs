@@ -155,3 +155,41 @@ async fn the_binary_refuses_missing_identity_source_and_bad_factory() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A larger fleet for measurements (`cargo test -p aloft-sim --test fleet --
+/// --ignored --nocapture`; ALOFT_SIM_DEVICES sets the size).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "measurement: a larger fleet"]
+async fn larger_fleet_measurement() {
+    let n: usize = std::env::var("ALOFT_SIM_DEVICES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let h = Harness::start(false).await;
+    let factory = h.keys.release("1.0.0", 8 * 1024);
+    let update = h.keys.release("1.1.0", 32 * 1024);
+    h.upload(&update).await;
+    h.rollout("big", &update.id, "").await;
+    let bundle = pb::ReleaseBundle {
+        manifest: Some(factory.manifest.clone()),
+        content_key: factory.key.expose().to_vec(),
+        payload: factory.payload.clone(),
+    };
+    let mut config = SimConfig::new(
+        n,
+        h.url(),
+        Identities::Register {
+            admin_token: h.server.admin_token().to_owned(),
+            id_prefix: "big-".into(),
+        },
+        bundle,
+    );
+    config.slot_size = Some(40 * 1024);
+    config.until_updated = Some("1.1.0".into());
+    config.duration = Duration::from_secs(120);
+    config.spread_source_addrs = true;
+    config.progress = Some(Duration::from_secs(5));
+    let summary = aloft_sim::run(config).await.unwrap();
+    println!("{}", summary.render());
+    h.server.shutdown().await.unwrap();
+}
