@@ -635,3 +635,302 @@ async fn unreachable_server_is_named() {
         .unwrap();
     Run::from(output, &["device", "list"]).fails(1, &["--server", "ALOFT_SERVER"]);
 }
+
+// ---- rollouts ----
+
+/// Installs a TrustRoot, uploads release `sensor-1.1.0` and provisions
+/// devices `d1` and `d2` (test devices matching the release's product).
+async fn rollout_fixture(h: &Harness) {
+    let release_key = h.install_trust_root().await;
+    let image: Vec<u8> = (0..4096u32).map(|i| (i * 13) as u8).collect();
+    let bundle = release_bundle(&release_key, "sensor-1.1.0", &image);
+    let file = h.path("sensor-1.1.0.bundle");
+    std::fs::write(&file, bundle.encode_to_vec()).unwrap();
+    h.aloft(&["release", "upload", &file]).await.ok();
+    provision(h, "d1").await;
+    provision(h, "d2").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_create_list_status_pause_resume_cancel() {
+    let h = Harness::plaintext().await;
+    rollout_fixture(&h).await;
+
+    // Refused locally with a usage error naming what was wrong.
+    h.aloft(&[
+        "rollout",
+        "create",
+        "r0",
+        "--release",
+        "sensor-1.1.0",
+        "--stages",
+        "50%,10%",
+    ])
+    .await
+    .fails(2, &["does not exceed the previous stage's 50%"]);
+    h.aloft(&[
+        "rollout",
+        "create",
+        "r0",
+        "--release",
+        "sensor-1.1.0",
+        "--window",
+        "02:00-02:00",
+    ])
+    .await
+    .fails(2, &["window would be empty"]);
+
+    let created = h
+        .aloft(&[
+            "rollout",
+            "create",
+            "r1",
+            "--release",
+            "sensor-1.1.0",
+            "--selector",
+            "product == \"sensor\"",
+            "--stages",
+            "test,canary=10%:soak=4h:max-failure=2.5%,100%",
+            "--window",
+            "02:00-04:00",
+            "--max-concurrent",
+            "5",
+            "--json",
+        ])
+        .await
+        .json();
+    assert_eq!(created["id"], "r1");
+    assert_eq!(created["release"], "sensor-1.1.0");
+    assert_eq!(created["state"], "active");
+    assert_eq!(created["window"], "02:00-04:00");
+    assert_eq!(created["max_concurrent"], 5);
+    let stages = created["stages"].as_array().unwrap();
+    assert_eq!(stages.len(), 3);
+    assert_eq!(stages[0]["test_devices_only"], true);
+    assert_eq!(stages[1]["name"], "canary");
+    assert_eq!(stages[1]["percent"], 10);
+    assert_eq!(stages[1]["soak_secs"], 4 * 3600);
+    assert_eq!(stages[1]["max_failure_permille"], 25);
+    assert_eq!(stages[2]["soak_secs"], 3600);
+
+    // The server's refusals come back named.
+    h.aloft(&["rollout", "create", "r1", "--release", "sensor-1.1.0"])
+        .await
+        .fails(1, &["creating rollout r1", "already exists"]);
+    h.aloft(&["rollout", "create", "r2", "--release", "no-such-release"])
+        .await
+        .fails(1, &["creating rollout r2", "no-such-release"]);
+    h.aloft(&["rollout", "status", "nope"])
+        .await
+        .fails(1, &["showing rollout nope", "not found"]);
+
+    // A paused start, shown in the table form.
+    let table = h
+        .aloft(&[
+            "rollout",
+            "create",
+            "r2",
+            "--release",
+            "sensor-1.1.0",
+            "--paused",
+        ])
+        .await
+        .ok();
+    assert!(
+        table.contains("state:") && table.contains("paused"),
+        "{table}"
+    );
+    assert!(table.contains("ROLLED BACK"), "{table}");
+
+    let list = h.aloft(&["rollout", "list", "--json"]).await.json();
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["r1", "r2"]);
+    let table = h.aloft(&["rollout", "list"]).await.ok();
+    assert!(table.starts_with("ID "), "{table}");
+    assert!(
+        table.contains("r1") && table.contains("1/3 test"),
+        "{table}"
+    );
+
+    let paused = h
+        .aloft(&["rollout", "pause", "r1", "--reason", "bad batch", "--json"])
+        .await
+        .json();
+    assert_eq!(paused["state"], "paused");
+    assert_eq!(paused["pause_reason"], "bad batch");
+    let status = h.aloft(&["rollout", "status", "r1"]).await.ok();
+    assert!(status.contains("pause reason:  bad batch"), "{status}");
+    assert!(status.contains("02:00-04:00 device-local time"), "{status}");
+    assert!(
+        status.contains("at most 5 concurrent downloads"),
+        "{status}"
+    );
+    assert!(status.contains("canary"), "{status}");
+
+    let resumed = h.aloft(&["rollout", "resume", "r1", "--json"]).await.json();
+    assert_eq!(resumed["state"], "active");
+    assert_eq!(resumed["pause_reason"], Value::Null);
+
+    let cancelled = h.aloft(&["rollout", "cancel", "r1", "--json"]).await.json();
+    assert_eq!(cancelled["state"], "cancelled");
+    h.aloft(&["rollout", "resume", "r1"])
+        .await
+        .fails(1, &["resuming rollout r1", "ended"]);
+    let status = h.aloft(&["rollout", "status", "r1", "--json"]).await.json();
+    assert_eq!(status["state"], "cancelled");
+
+    // Viewers may look but not steer.
+    let viewer = h
+        .aloft(&[
+            "token", "create", "--name", "v", "--role", "viewer", "--json",
+        ])
+        .await
+        .json();
+    let viewer = viewer["token"].as_str().unwrap();
+    h.aloft_as(Some(viewer), &["rollout", "status", "r2"])
+        .await
+        .ok();
+    h.aloft_as(Some(viewer), &["rollout", "resume", "r2"])
+        .await
+        .fails(1, &["resuming rollout r2", "role"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_exclude_force_retry_devices() {
+    let h = Harness::plaintext().await;
+    rollout_fixture(&h).await;
+    h.aloft(&[
+        "rollout",
+        "create",
+        "r1",
+        "--release",
+        "sensor-1.1.0",
+        "--stages",
+        "test,100%",
+    ])
+    .await
+    .ok();
+    let excluded = h
+        .aloft(&["rollout", "exclude", "r1", "d1", "--json"])
+        .await
+        .json();
+    assert_eq!(excluded["id"], "r1");
+    h.aloft(&["rollout", "force", "r1", "d2", "--json"])
+        .await
+        .json();
+    h.aloft(&["rollout", "retry", "r1", "d2"]).await.ok();
+    h.aloft(&["rollout", "exclude", "r1", "no-such-device"])
+        .await
+        .fails(1, &["excluding device no-such-device in rollout r1"]);
+    h.aloft(&["rollout", "exclude", "nope", "d1"])
+        .await
+        .fails(1, &["rollout nope"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_advance_and_retry_failed() {
+    let h = Harness::plaintext().await;
+    rollout_fixture(&h).await;
+    h.aloft(&[
+        "rollout",
+        "create",
+        "r1",
+        "--release",
+        "sensor-1.1.0",
+        "--stages",
+        "test,10%,100%",
+    ])
+    .await
+    .ok();
+    let advanced = h
+        .aloft(&["rollout", "advance", "r1", "--json"])
+        .await
+        .json();
+    assert_eq!(advanced["current_stage"], 1);
+    assert_eq!(advanced["current_stage_name"], "10%");
+    let retried = h
+        .aloft(&["rollout", "retry-failed", "r1", "--json"])
+        .await
+        .json();
+    assert_eq!(retried["state"], "active");
+    h.aloft(&["rollout", "advance", "nope"])
+        .await
+        .fails(1, &["advancing rollout nope"]);
+}
+
+/// Reads one line of `child`'s stdout within 20 s.
+async fn next_line(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) -> Option<String> {
+    tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("watch printed nothing for 20 s")
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_watch_follows_events_until_cancelled() {
+    use tokio::io::AsyncBufReadExt as _;
+    let h = Harness::plaintext().await;
+    rollout_fixture(&h).await;
+    h.aloft(&["rollout", "create", "r1", "--release", "sensor-1.1.0"])
+        .await
+        .ok();
+
+    let started = std::time::Instant::now();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_aloft"))
+        .env_remove("ALOFT_CA")
+        .env("ALOFT_SERVER", &h.url)
+        .env("ALOFT_TOKEN", &h.admin_token)
+        .args(["rollout", "watch", "r1", "--json", "--interval", "1s"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    // The first line is the status, printed once the stream is subscribed.
+    let first: Value = serde_json::from_str(&next_line(&mut lines).await.unwrap()).unwrap();
+    assert_eq!(first["type"], "status");
+    assert_eq!(first["rollout"]["state"], "active");
+
+    h.aloft(&["rollout", "pause", "r1", "--reason", "look"])
+        .await
+        .ok();
+    h.aloft(&["rollout", "cancel", "r1"]).await.ok();
+    let mut seen = Vec::new();
+    while let Some(line) = next_line(&mut lines).await {
+        seen.push(serde_json::from_str::<Value>(&line).unwrap());
+    }
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let events: Vec<&Value> = seen.iter().filter(|l| l["type"] == "event").collect();
+    assert!(!events.is_empty(), "no events in {seen:?}");
+    assert!(events.iter().all(|e| e["rollout"] == "r1"), "{events:?}");
+    assert!(
+        seen.iter()
+            .any(|l| l["type"] == "status" && l["rollout"]["state"] == "paused"),
+        "{seen:?}"
+    );
+    assert_eq!(
+        seen.last().unwrap(),
+        &serde_json::json!({"type": "end", "reason": "cancelled"})
+    );
+    eprintln!("watch: {} lines in {:?}", seen.len() + 1, started.elapsed());
+
+    // Plain lines when stdout is not a terminal; an ended rollout ends at once.
+    let out = h.aloft(&["rollout", "watch", "r1"]).await.ok();
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("status  cancelled"), "{out}");
+    assert_eq!(lines.last().unwrap(), &"watch ended: cancelled");
+    h.aloft(&["rollout", "watch", "nope"])
+        .await
+        .fails(1, &["watching rollout nope", "not found"]);
+}
