@@ -296,7 +296,7 @@ pub struct RolloutJson {
 
 /// The counts the server reported for stage `index` (matched by name,
 /// falling back to position).
-fn stage_counts<'a>(r: &'a pb::RolloutInfo, index: usize) -> Option<&'a pb::StageCounts> {
+fn stage_counts(r: &pb::RolloutInfo, index: usize) -> Option<&pb::StageCounts> {
     let name = &r.stages.get(index)?.name;
     r.counts
         .iter()

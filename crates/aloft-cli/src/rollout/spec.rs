@@ -436,7 +436,7 @@ pub fn parse_permille(text: &str) -> Result<u32, SpecError> {
 
 /// Renders parts per thousand as a percentage: `50` -> `5%`, `25` -> `2.5%`.
 pub fn permille_text(permille: u32) -> String {
-    if permille % 10 == 0 {
+    if permille.is_multiple_of(10) {
         format!("{}%", permille / 10)
     } else {
         format!("{}.{}%", permille / 10, permille % 10)
@@ -556,7 +556,8 @@ mod tests {
     #[test]
     fn every_bad_stage_spec_is_refused() {
         use SpecError as E;
-        let cases: Vec<(&str, fn(&SpecError) -> bool, &str)> = vec![
+        type Check = fn(&SpecError) -> bool;
+        let cases: Vec<(&str, Check, &str)> = vec![
             ("", |e| matches!(e, E::NoStages), "no stages"),
             ("  ", |e| matches!(e, E::NoStages), "no stages"),
             (
