@@ -688,7 +688,7 @@ async fn rollout_create_list_status_pause_resume_cancel() {
             "--release",
             "sensor-1.1.0",
             "--selector",
-            "product == \"sensor\"",
+            "product=sensor",
             "--stages",
             "test,canary=10%:soak=4h:max-failure=2.5%,100%",
             "--window",
@@ -720,6 +720,17 @@ async fn rollout_create_list_status_pause_resume_cancel() {
     h.aloft(&["rollout", "create", "r2", "--release", "no-such-release"])
         .await
         .fails(1, &["creating rollout r2", "no-such-release"]);
+    h.aloft(&[
+        "rollout",
+        "create",
+        "r2",
+        "--release",
+        "sensor-1.1.0",
+        "--selector",
+        "colour=red",
+    ])
+    .await
+    .fails(1, &["creating rollout r2", "invalid selector"]);
     h.aloft(&["rollout", "status", "nope"])
         .await
         .fails(1, &["showing rollout nope", "not found"]);

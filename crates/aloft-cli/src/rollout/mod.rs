@@ -31,7 +31,7 @@ Settings a stage does not override take --soak, --min-sample and
 Examples:
   aloft rollout create fw-1-2 --release sensor-1.2.0
   aloft rollout create fw-1-2 --release sensor-1.2.0 \\
-      --selector 'product == \"sensor\" && region == \"eu\"' \\
+      --selector 'product=sensor;region=eu' \\
       --stages 'test,canary=1%:soak=4h,10%,50%,100%' \\
       --window 02:00-04:00 --max-concurrent 200 --max-failure 2%";
 

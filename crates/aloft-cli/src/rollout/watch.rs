@@ -3,7 +3,7 @@
 //! place with events scrolling above them; otherwise (or with `--json`) each
 //! event and each status change is one line.
 
-use std::io::{IsTerminal as _, Write as _};
+use std::io::IsTerminal as _;
 use std::time::Duration;
 
 use aloft_protocol::pb;
@@ -190,15 +190,25 @@ pub fn status_line(r: &pb::RolloutInfo) -> String {
 }
 
 /// Writes watch output and remembers how many block lines are on screen.
-struct Screen {
+struct Screen<W> {
+    out: W,
     mode: Mode,
     block_lines: usize,
     last: Option<RolloutJson>,
 }
 
-impl Screen {
+impl<W: std::io::Write> Screen<W> {
+    fn new(out: W, mode: Mode) -> Self {
+        Self {
+            out,
+            mode,
+            block_lines: 0,
+            last: None,
+        }
+    }
+
     fn write(&mut self, text: &str) -> anyhow::Result<()> {
-        let mut out = std::io::stdout().lock();
+        let out = &mut self.out;
         match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(anyhow!(BrokenPipe)),
             other => Ok(other?),
@@ -300,11 +310,7 @@ pub async fn run(ctx: &mut Ctx, args: &WatchArgs) -> anyhow::Result<()> {
     } else {
         Mode::Lines
     };
-    let mut screen = Screen {
-        mode,
-        block_lines: 0,
-        last: None,
-    };
+    let mut screen = Screen::new(std::io::stdout(), mode);
     match watch(ctx, args, &mut screen).await {
         Err(e) if e.is::<BrokenPipe>() => Ok(()),
         other => other,
@@ -322,7 +328,11 @@ async fn fetch(ctx: &mut Ctx, id: &str) -> anyhow::Result<pb::RolloutInfo> {
         .into_inner())
 }
 
-async fn watch(ctx: &mut Ctx, args: &WatchArgs, screen: &mut Screen) -> anyhow::Result<()> {
+async fn watch<W: std::io::Write>(
+    ctx: &mut Ctx,
+    args: &WatchArgs,
+    screen: &mut Screen<W>,
+) -> anyhow::Result<()> {
     let id = &args.id;
     // Subscribe first, then read the state, so no event falls in between.
     let mut events = ctx
@@ -399,6 +409,100 @@ mod tests {
         assert_eq!(bar(&over, 4, false), "[####]");
         let coloured = bar(&counts(2, 1, 1, 0, 0), 2, true);
         assert_eq!(coloured, "[\x1b[32m#\x1b[0m\x1b[33m+\x1b[0m]");
+    }
+
+    fn rollout(updated: u32) -> pb::RolloutInfo {
+        pb::RolloutInfo {
+            rollout_id: "r".into(),
+            release_id: "fw".into(),
+            state: pb::RolloutState::Active as i32,
+            stages: vec![
+                pb::RolloutStage {
+                    name: "test".into(),
+                    test_devices_only: true,
+                    ..Default::default()
+                },
+                pb::RolloutStage {
+                    name: "100%".into(),
+                    percent: 100,
+                    ..Default::default()
+                },
+            ],
+            counts: vec![pb::StageCounts {
+                stage: "test".into(),
+                targeted: 4,
+                updated,
+                pending: 4 - updated,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn event() -> pb::Event {
+        pb::Event {
+            kind: "confirmed".into(),
+            device_id: "d1".into(),
+            rollout_id: "r".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn terminal_redraws_the_block_in_place() {
+        let mut screen = Screen::new(Vec::new(), Mode::Terminal);
+        screen.status(&rollout(0)).unwrap();
+        assert_eq!(screen.block_lines, 3);
+        let first = String::from_utf8(std::mem::take(&mut screen.out)).unwrap();
+        assert!(
+            !first.contains("\x1b[3F"),
+            "nothing to erase yet: {first:?}"
+        );
+        screen.event(&event(), Some(&rollout(1))).unwrap();
+        let text = String::from_utf8(std::mem::take(&mut screen.out)).unwrap();
+        // Erase the 3 block lines, print the event, redraw the block below it.
+        assert!(
+            text.starts_with("\x1b[3F\x1b[J00:00:00Z  confirmed  device d1\n"),
+            "{text:?}"
+        );
+        assert!(text.contains("1/4 updated"), "{text:?}");
+        assert!(text.contains("\x1b[32m"), "colours on a terminal: {text:?}");
+        assert_eq!(screen.block_lines, 3);
+    }
+
+    #[test]
+    fn line_modes_print_changes_only() {
+        let mut screen = Screen::new(Vec::new(), Mode::Lines);
+        screen.status(&rollout(0)).unwrap();
+        screen.status(&rollout(0)).unwrap();
+        screen.event(&event(), None).unwrap();
+        screen.status(&rollout(2)).unwrap();
+        screen.end("completed").unwrap();
+        let text = String::from_utf8(screen.out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(lines[0].contains("updated 0/4"), "{text}");
+        assert!(lines[2].contains("updated 2/4"), "{text}");
+        assert!(
+            !text.contains('\x1b'),
+            "no escapes off a terminal: {text:?}"
+        );
+
+        let mut screen = Screen::new(Vec::new(), Mode::Json);
+        screen.status(&rollout(0)).unwrap();
+        screen.event(&event(), None).unwrap();
+        screen.end("interrupted").unwrap();
+        let text = String::from_utf8(screen.out).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0]["type"], "status");
+        assert_eq!(lines[0]["rollout"]["totals"]["targeted"], 4);
+        assert_eq!(lines[1]["type"], "event");
+        assert_eq!(lines[1]["device"], "d1");
+        assert_eq!(lines[1]["detail"], serde_json::Value::Null);
+        assert_eq!(lines[2]["reason"], "interrupted");
     }
 
     #[test]
