@@ -9,6 +9,7 @@
 pub mod client;
 pub mod device;
 pub mod duration;
+pub mod fleet;
 pub mod output;
 pub mod release;
 pub mod rollout;
@@ -93,6 +94,8 @@ pub enum Command {
     /// Install or rotate the server's TrustRoot.
     #[command(subcommand, name = "trust-root")]
     TrustRoot(trust::TrustRootCommand),
+    /// Devices by firmware version: how many are online, stale, failed.
+    Fleet(fleet::FleetArgs),
     /// Inspect the server.
     #[command(subcommand)]
     Server(trust::ServerCommand),
@@ -154,6 +157,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Device(cmd) => device::run(&mut ctx, cmd, prepared).await,
         Command::Release(cmd) => release::run(&mut ctx, cmd).await,
         Command::Rollout(cmd) => rollout::run(&mut ctx, cmd).await,
+        Command::Fleet(args) => fleet::run(&mut ctx, &args).await,
         Command::Token(cmd) => token::run(&mut ctx, cmd).await,
         Command::TrustRoot(cmd) => trust::run_trust_root(&mut ctx, cmd).await,
         Command::Server(cmd) => trust::run_server(&mut ctx, cmd).await,

@@ -656,6 +656,16 @@ async fn rollout_create_list_status_pause_resume_cancel() {
     let h = Harness::plaintext().await;
     rollout_fixture(&h).await;
 
+    // The fleet view: both devices on their factory version, never seen.
+    let fleet = h.aloft(&["fleet", "--json"]).await.json();
+    assert_eq!(fleet.as_array().unwrap().len(), 1, "{fleet}");
+    assert_eq!(fleet[0]["version"], "1.0.0");
+    assert_eq!(fleet[0]["devices"], 2);
+    assert_eq!(fleet[0]["stale"], 2);
+    assert_eq!(fleet[0]["test_devices"], 2);
+    let table = h.aloft(&["fleet", "--selector", "id=d1"]).await.ok();
+    assert!(table.contains("1.0.0") && table.starts_with("FIRMWARE"), "{table}");
+
     // Refused locally with a usage error naming what was wrong.
     h.aloft(&[
         "rollout",
