@@ -67,7 +67,7 @@ pub fn summarize(devices: &[pb::DeviceInfo], now: u64, stale_secs: u64) -> Vec<V
             row
         })
         .collect();
-    rows.sort_by(|a, b| version_key(b.version.as_deref()).cmp(&version_key(a.version.as_deref())));
+    rows.sort_by_key(|r| std::cmp::Reverse(version_key(r.version.as_deref())));
     rows
 }
 

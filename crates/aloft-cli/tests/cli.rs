@@ -664,7 +664,10 @@ async fn rollout_create_list_status_pause_resume_cancel() {
     assert_eq!(fleet[0]["stale"], 2);
     assert_eq!(fleet[0]["test_devices"], 2);
     let table = h.aloft(&["fleet", "--selector", "id=d1"]).await.ok();
-    assert!(table.contains("1.0.0") && table.starts_with("FIRMWARE"), "{table}");
+    assert!(
+        table.contains("1.0.0") && table.starts_with("FIRMWARE"),
+        "{table}"
+    );
 
     // Refused locally with a usage error naming what was wrong.
     h.aloft(&[
