@@ -925,10 +925,18 @@ async fn rollout_watch_follows_events_until_cancelled() {
     h.aloft(&["rollout", "pause", "r1", "--reason", "look"])
         .await
         .ok();
+    // The pause shows up as an event and then as a refreshed status.
+    let mut seen: Vec<Value> = Vec::new();
+    while !seen
+        .iter()
+        .any(|l| l["type"] == "status" && l["rollout"]["state"] == "paused")
+    {
+        let line = next_line(&mut lines).await.expect("watch ended early");
+        seen.push(serde_json::from_str(&line).unwrap());
+    }
     h.aloft(&["rollout", "cancel", "r1"]).await.ok();
-    let mut seen = Vec::new();
     while let Some(line) = next_line(&mut lines).await {
-        seen.push(serde_json::from_str::<Value>(&line).unwrap());
+        seen.push(serde_json::from_str(&line).unwrap());
     }
     let status = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
         .await
@@ -939,9 +947,8 @@ async fn rollout_watch_follows_events_until_cancelled() {
     assert!(!events.is_empty(), "no events in {seen:?}");
     assert!(events.iter().all(|e| e["rollout"] == "r1"), "{events:?}");
     assert!(
-        seen.iter()
-            .any(|l| l["type"] == "status" && l["rollout"]["state"] == "paused"),
-        "{seen:?}"
+        events.iter().any(|e| e["kind"] == "rollout_state"),
+        "{events:?}"
     );
     assert_eq!(
         seen.last().unwrap(),

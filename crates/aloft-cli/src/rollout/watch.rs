@@ -28,6 +28,9 @@ pub struct WatchArgs {
     pub interval: Duration,
 }
 
+/// Least time between two refreshes triggered by events.
+const MIN_REFRESH: Duration = Duration::from_millis(200);
+
 /// Width of a progress bar in cells.
 pub const BAR_WIDTH: usize = 30;
 
@@ -350,6 +353,10 @@ async fn watch<W: std::io::Write>(
     tick.reset();
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
+    // Events change counts or state, so they trigger a refresh, but at most
+    // one per MIN_REFRESH however fast events arrive.
+    let mut dirty = false;
+    let mut last_fetch = tokio::time::Instant::now();
     loop {
         if has_ended(&rollout) {
             return screen.end(state_word(rollout.state));
@@ -358,14 +365,18 @@ async fn watch<W: std::io::Write>(
             _ = &mut ctrl_c => return screen.end("interrupted"),
             _ = tick.tick() => {
                 rollout = fetch(ctx, id).await?;
+                (dirty, last_fetch) = (false, tokio::time::Instant::now());
+                screen.status(&rollout)?;
+            }
+            () = tokio::time::sleep_until(last_fetch + MIN_REFRESH), if dirty => {
+                rollout = fetch(ctx, id).await?;
+                (dirty, last_fetch) = (false, tokio::time::Instant::now());
                 screen.status(&rollout)?;
             }
             event = events.next() => match event {
                 Some(Ok(e)) => {
                     screen.event(&e, Some(&rollout))?;
-                    // Events change counts or state: refresh at once.
-                    rollout = fetch(ctx, id).await?;
-                    screen.status(&rollout)?;
+                    dirty = true;
                 }
                 Some(Err(s)) => return Err(status_error(&format!("watching rollout {id}"), &s)),
                 None => bail!("watching rollout {id}: the server closed the event stream"),
