@@ -956,6 +956,39 @@ async fn rollout_watch_follows_events_until_cancelled() {
     );
     eprintln!("watch: {} lines in {:?}", seen.len() + 1, started.elapsed());
 
+    // Ctrl-C (SIGINT) ends a watch cleanly.
+    h.aloft(&["rollout", "create", "r2", "--release", "sensor-1.1.0"])
+        .await
+        .ok();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_aloft"))
+        .env_remove("ALOFT_CA")
+        .env("ALOFT_SERVER", &h.url)
+        .env("ALOFT_TOKEN", &h.admin_token)
+        .args(["rollout", "watch", "r2", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&next_line(&mut lines).await.unwrap()).unwrap();
+    assert_eq!(first["type"], "status");
+    let pid = child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let last: Value = serde_json::from_str(&next_line(&mut lines).await.unwrap()).unwrap();
+    assert_eq!(
+        last,
+        serde_json::json!({"type": "end", "reason": "interrupted"})
+    );
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+
     // Plain lines when stdout is not a terminal; an ended rollout ends at once.
     let out = h.aloft(&["rollout", "watch", "r1"]).await.ok();
     let lines: Vec<&str> = out.lines().collect();

@@ -337,6 +337,15 @@ async fn watch<W: std::io::Write>(
     screen: &mut Screen<W>,
 ) -> anyhow::Result<()> {
     let id = &args.id;
+    // Poll the Ctrl-C future once so the handler is installed before the
+    // first line goes out (anyone reacting to that line may interrupt us).
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    tokio::select! {
+        biased;
+        _ = &mut ctrl_c => return screen.end("interrupted"),
+        () = std::future::ready(()) => {}
+    }
     // Subscribe first, then read the state, so no event falls in between.
     let mut events = ctx
         .client
@@ -351,8 +360,6 @@ async fn watch<W: std::io::Write>(
     let mut tick = tokio::time::interval(args.interval.max(Duration::from_millis(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.reset();
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
     // Events change counts or state, so they trigger a refresh, but at most
     // one per MIN_REFRESH however fast events arrive.
     let mut dirty = false;
