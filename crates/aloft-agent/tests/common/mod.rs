@@ -221,8 +221,23 @@ pub fn authed<T>(message: T, token: &str) -> Request<T> {
     r
 }
 
+/// Ends the test process if it is still running after three minutes: a hang
+/// (for instance a storage deadlock in the server) fails the run with a
+/// message instead of stalling CI.
+pub fn watchdog() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::thread::spawn(|| {
+            std::thread::sleep(Duration::from_secs(180));
+            eprintln!("test process still running after 180 s: aborting it as hung");
+            std::process::exit(101);
+        });
+    });
+}
+
 impl Harness {
     pub async fn start(tls: bool) -> Self {
+        watchdog();
         let dir = tempfile::tempdir().unwrap();
         let mut config = ServerConfig::new(dir.path().join("data"), "127.0.0.1:0".parse().unwrap());
         // Sessions end quickly so devices re-hello (offers come with hellos).
