@@ -212,7 +212,13 @@ pub struct Harness {
     pub ca_pem: Option<String>,
     pub admin: AdminServiceClient<Channel>,
     pub trust: VerifiedTrustRoot,
+    /// Held for the test: one server per test process at a time (sled 0.34's
+    /// `flush_async` can deadlock when several databases in one process
+    /// flush concurrently, spacejam/sled#1241).
+    _serial: tokio::sync::MutexGuard<'static, ()>,
 }
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 pub fn authed<T>(message: T, token: &str) -> Request<T> {
     let mut r = Request::new(message);
@@ -238,6 +244,7 @@ pub fn watchdog() {
 impl Harness {
     pub async fn start(tls: bool) -> Self {
         watchdog();
+        let serial = SERIAL.lock().await;
         let dir = tempfile::tempdir().unwrap();
         let mut config = ServerConfig::new(dir.path().join("data"), "127.0.0.1:0".parse().unwrap());
         // Sessions end quickly so devices re-hello (offers come with hellos).
@@ -272,6 +279,7 @@ impl Harness {
             ca_pem,
             admin,
             trust,
+            _serial: serial,
         };
         h.admin
             .clone()
