@@ -54,9 +54,13 @@
 //! that come to match still join) until an operator advances, which completes
 //! the rollout. Operator advance ignores soak and criteria.
 //!
-//! **Operator control.** pause (active), resume (paused), cancel (active or
-//! paused; final), advance, retry-failed; per device exclude (stops offers and
-//! counting), force, retry.
+//! **Operator control.** pause (active; the reason is kept as given), resume
+//! (paused), cancel (active or paused; final), advance, retry-failed; per
+//! device exclude (stops offers and counting), force, retry.
+//!
+//! **Persistence.** A server stores the [`rollout::RolloutSpec`], the
+//! [`rollout::RolloutProgress`] and each device's [`rollout::DeviceRecord`]
+//! (one small record per device), and rebuilds with [`rollout::Rollout::restore`].
 #![forbid(unsafe_code)]
 
 mod error;
@@ -71,7 +75,8 @@ use core::fmt;
 pub use aloft_protocol::UnixTime;
 pub use error::{Error, ParseError};
 pub use rollout::{
-    Decision, GlobalLoad, NotYetReason, Report, Rollout, RolloutSpec, RolloutState, Stage,
+    Decision, GlobalLoad, NotYetReason, Report, Rollout, RolloutProgress, RolloutSpec,
+    RolloutState, Stage,
 };
 pub use selector::{DeviceView, Selector};
 pub use window::MaintenanceWindow;

@@ -242,7 +242,8 @@ pub enum RolloutState {
 }
 
 impl RolloutState {
-    fn name(&self) -> &'static str {
+    /// `active`, `paused`, `cancelled` or `completed`.
+    pub fn name(&self) -> &'static str {
         match self {
             Self::Active => "active",
             Self::Paused { .. } => "paused",
@@ -436,6 +437,22 @@ impl Tally {
     }
 }
 
+/// A rollout's own state, apart from its spec and device records: what a
+/// server persists next to them and hands back to [`Rollout::restore`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RolloutProgress {
+    /// The lifecycle state (with the pause reason).
+    pub state: RolloutState,
+    /// Index of the current stage.
+    pub current_stage: usize,
+    /// When the rollout was created.
+    pub created_at: UnixTime,
+    /// When the current stage started.
+    pub stage_started_at: UnixTime,
+    /// Failures of the current stage an operator acknowledged by resuming.
+    pub acknowledged: u32,
+}
+
 /// One rollout's state and per-device records.
 #[derive(Clone, Debug)]
 pub struct Rollout {
@@ -483,6 +500,44 @@ impl Rollout {
             tallies,
             acknowledged: 0,
         })
+    }
+
+    /// Rebuilds a rollout from what a server persisted: its spec, its
+    /// [`Rollout::progress`] and its device records (as [`Rollout::device`]
+    /// returned them). The per-stage tallies are recomputed from the records.
+    pub fn restore(
+        spec: RolloutSpec,
+        progress: RolloutProgress,
+        devices: impl IntoIterator<Item = (DeviceId, DeviceRecord)>,
+    ) -> Result<Self, Error> {
+        let mut r = Self::new(spec, progress.created_at, false)?;
+        let n = r.spec.stages.len();
+        if progress.current_stage >= n {
+            return Err(Error::InvalidField("restored current stage"));
+        }
+        for (id, rec) in devices {
+            if rec.stage.is_some_and(|s| s >= n) {
+                return Err(Error::InvalidField("restored device stage"));
+            }
+            r.tallies[Self::slot(rec.stage, n)].0[rec.outcome.index()] += 1;
+            r.devices.insert(id, rec);
+        }
+        r.state = progress.state;
+        r.current = progress.current_stage;
+        r.stage_started_at = progress.stage_started_at;
+        r.acknowledged = progress.acknowledged;
+        Ok(r)
+    }
+
+    /// The state to persist next to the spec and device records (see [`Rollout::restore`]).
+    pub fn progress(&self) -> RolloutProgress {
+        RolloutProgress {
+            state: self.state.clone(),
+            current_stage: self.current,
+            created_at: self.created_at,
+            stage_started_at: self.stage_started_at,
+            acknowledged: self.acknowledged,
+        }
     }
 
     /// The spec.
@@ -808,14 +863,18 @@ impl Rollout {
         }
     }
 
-    /// Operator pause (only an active rollout).
+    /// Operator pause (only an active rollout). The reason is recorded as
+    /// given ("paused by operator" when empty).
     pub fn pause(&mut self, reason: &str) -> Result<(), Error> {
         if self.state != RolloutState::Active {
             return Err(self.refuse("pause"));
         }
-        self.state = RolloutState::Paused {
-            reason: format!("operator: {reason}"),
+        let reason = if reason.trim().is_empty() {
+            "paused by operator".to_owned()
+        } else {
+            reason.to_owned()
         };
+        self.state = RolloutState::Paused { reason };
         Ok(())
     }
 

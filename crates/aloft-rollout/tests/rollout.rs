@@ -281,7 +281,7 @@ fn operator_pause_resume() {
     );
     assert!(offered(&r.decide(&dev(1), clock.now(), ANY)));
     r.pause("investigating").unwrap();
-    assert_eq!(r.info().pause_reason, "operator: investigating");
+    assert_eq!(r.info().pause_reason, "investigating");
 }
 
 #[test]
@@ -631,4 +631,66 @@ fn spec_from_create_request() {
         with(&|r| r.stages.clear()),
         Error::InvalidStages(_)
     ));
+}
+
+#[test]
+fn restore_rebuilds_the_same_rollout() {
+    use aloft_rollout::RolloutProgress;
+    let mut clock = Clock::new();
+    let stages = vec![
+        Stage {
+            min_sample: 4,
+            max_failure_permille: 500,
+            ..stage("half", 50)
+        },
+        stage("all", 100),
+    ];
+    let mut r = Rollout::new(spec("", stages.clone()), clock.now(), false).unwrap();
+    let fleet: Vec<_> = (0..40).map(dev).collect();
+    for d in &fleet {
+        r.decide(d, clock.now(), ANY);
+    }
+    clock.advance(10);
+    let offered_ids: Vec<_> = r
+        .devices()
+        .filter(|(_, rec)| rec.outcome == DeviceOutcome::Offered)
+        .map(|(id, _)| id.clone())
+        .collect();
+    r.report(&offered_ids[0], Report::Updated, clock.now())
+        .unwrap();
+    r.report(
+        &offered_ids[1],
+        Report::Failed { detail: "x".into() },
+        clock.now(),
+    )
+    .unwrap();
+    r.pause("look").unwrap();
+    r.resume().unwrap();
+    r.exclude(&offered_ids[2], clock.now());
+
+    let devices: Vec<_> = r
+        .devices()
+        .map(|(id, rec)| (id.clone(), rec.clone()))
+        .collect();
+    let back = Rollout::restore(spec("", stages.clone()), r.progress(), devices.clone()).unwrap();
+    assert_eq!(back.info(), r.info());
+    assert_eq!(back.progress(), r.progress());
+    assert_eq!(back.counts(), r.counts());
+    assert_eq!(back.in_flight(), r.in_flight());
+
+    // Out-of-range indexes are refused.
+    let bad = RolloutProgress {
+        current_stage: 2,
+        ..r.progress()
+    };
+    assert_eq!(
+        Rollout::restore(spec("", stages.clone()), bad, devices.clone()).unwrap_err(),
+        Error::InvalidField("restored current stage")
+    );
+    let mut bad_devices = devices;
+    bad_devices[0].1.stage = Some(5);
+    assert_eq!(
+        Rollout::restore(spec("", stages), r.progress(), bad_devices).unwrap_err(),
+        Error::InvalidField("restored device stage")
+    );
 }
