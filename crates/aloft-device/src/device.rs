@@ -18,6 +18,10 @@ use crate::{Error, flash};
 /// up on it and reverts.
 pub const DEFAULT_TRIAL_ATTEMPTS: u8 = 3;
 
+/// The default progress interval is 1/16 of the slot's image capacity, at
+/// most this many bytes (see [`Device::set_progress_interval`]).
+pub const DEFAULT_PROGRESS_INTERVAL: u32 = 64 * 1024;
+
 /// What a device is, for the installer's compatibility checks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceConfig {
@@ -87,6 +91,8 @@ pub struct Device<F> {
     log: LogPos,
     /// A write failed: the cached state may differ from flash; reload first.
     stale: bool,
+    /// Requested progress interval in bytes (`None`: the default).
+    progress_interval: Option<u32>,
 }
 
 impl<F: NorFlash> Device<F> {
@@ -127,6 +133,7 @@ impl<F: NorFlash> Device<F> {
             state,
             log,
             stale: false,
+            progress_interval: None,
         })
     }
 
@@ -141,6 +148,7 @@ impl<F: NorFlash> Device<F> {
             state,
             log,
             stale: false,
+            progress_interval: None,
         })
     }
 
@@ -205,6 +213,31 @@ impl<F: NorFlash> Device<F> {
         self.state
             .install
             .and_then(|i| Some((i.release.release_id()?, i.manifest_digest, i.next_chunk)))
+    }
+
+    /// Sets how often the installer persists its resume point: each time the
+    /// data written crosses a multiple of `bytes`, rounded up to whole sectors
+    /// of the slot (0: every sector). A resume repeats at most this much plus
+    /// a sector and a chunk; a smaller interval costs more state records
+    /// (time, and wear of the state partition). Default: 1/16 of the slot's
+    /// image capacity, at most [`DEFAULT_PROGRESS_INTERVAL`], at least one
+    /// sector. A runtime setting, not persisted; applies to installs begun
+    /// after the call.
+    pub fn set_progress_interval(&mut self, bytes: u32) {
+        self.progress_interval = Some(bytes);
+    }
+
+    /// The progress interval the installer uses for `slot`, in bytes: a
+    /// positive multiple of the slot's sector size, at most its image
+    /// capacity (see [`Device::set_progress_interval`]).
+    pub fn progress_interval(&self, slot: Slot) -> u32 {
+        let sector = self.layout.slot(slot).sector_size;
+        let capacity = self.layout.image_capacity(slot);
+        let want = self
+            .progress_interval
+            .unwrap_or((capacity / 16).min(DEFAULT_PROGRESS_INTERVAL))
+            .min(capacity);
+        want.div_ceil(sector).max(1) * sector
     }
 
     /// The slot an install writes: never the active one.

@@ -45,6 +45,8 @@ pub struct Installer<'d, F: NorFlash> {
     carry_len: usize,
     /// Offset covered by the last persisted progress.
     persisted: u32,
+    /// Progress is persisted when the data crosses a multiple of this.
+    progress_every: u32,
 }
 
 impl<F: NorFlash> core::fmt::Debug for Installer<'_, F> {
@@ -141,6 +143,7 @@ impl<F: NorFlash> Device<F> {
         let first = resume_from / params.chunk_size;
         let decryptor = ChunkDecryptor::new(key, params, first)?;
         let offset = self.layout.slot(slot).offset;
+        let progress_every = self.progress_interval(slot);
         Ok(Installer {
             manifest: m.clone(),
             envelope: manifest_envelope.to_vec(),
@@ -153,6 +156,7 @@ impl<F: NorFlash> Device<F> {
             carry: [0xFF; MAX_WRITE_SIZE],
             carry_len: 0,
             persisted: resume_from,
+            progress_every,
             dev: self,
         })
     }
@@ -186,7 +190,8 @@ impl<F: NorFlash> Installer<'_, F> {
     /// sectors just ahead of the data. Nothing of a chunk that fails
     /// authentication reaches flash; a chunk past the manifest's length is
     /// refused ([`aloft_protocol::Error::PayloadTooLong`]). Progress is
-    /// persisted each time the durable data crosses a sector boundary.
+    /// persisted each time the durable data crosses a multiple of the
+    /// progress interval ([`Device::set_progress_interval`]).
     /// Allocates nothing.
     pub fn write_chunk(&mut self, chunk: &mut [u8]) -> Result<ChunkProgress, Error> {
         if self.decryptor.is_finished() {
@@ -333,12 +338,12 @@ impl<F: NorFlash> Installer<'_, F> {
         Ok(())
     }
 
-    /// Persists the resume point when durable data crossed a sector boundary.
+    /// Persists the resume point when durable data crossed a multiple of
+    /// the progress interval.
     fn persist_if_due(&mut self) -> Result<(), Error> {
-        let part = *self.dev.layout.slot(self.slot);
-        let durable = self.pos - part.offset;
-        let sector = part.sector_size;
-        if durable / sector <= self.persisted / sector || self.decryptor.is_finished() {
+        let durable = self.pos - self.dev.layout.slot(self.slot).offset;
+        let every = self.progress_every;
+        if durable / every <= self.persisted / every || self.decryptor.is_finished() {
             return Ok(());
         }
         let next_chunk = durable / self.params.chunk_size;

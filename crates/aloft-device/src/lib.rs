@@ -41,9 +41,13 @@
 //!   are refused while a trial is pending). Each chunk is authenticated and
 //!   decrypted in the caller's buffer before any byte of it is written;
 //!   sectors are erased just ahead of the data; progress (next chunk) is
-//!   persisted each time the written data crosses a sector boundary. A
-//!   resume restarts at the sector holding the durable offset (re-erased,
-//!   earlier sectors kept), so it repeats less than a sector plus a chunk.
+//!   persisted each time the written data crosses a multiple of the
+//!   progress interval ([`Device::set_progress_interval`]; whole sectors, by
+//!   default 1/16 of the slot, at most 64 KiB: one state record per sector
+//!   would cost a record append per 4 KiB, and on real parts a state-sector
+//!   erase every few records). A resume restarts at the sector holding the
+//!   durable offset (re-erased, earlier sectors kept), so it repeats less
+//!   than the interval plus a sector and a chunk.
 //!   `finish` re-reads the slot and checks the whole-image SHA-256 (a hash
 //!   midstate cannot be persisted, so this also covers resumes), writes the
 //!   manifest trailer, then marks the slot pending in one record.
@@ -69,7 +73,8 @@ pub mod sim;
 pub mod state;
 
 pub use device::{
-    Booted, DEFAULT_TRIAL_ATTEMPTS, Device, DeviceConfig, Watchdog, verify_manifest_for_boot,
+    Booted, DEFAULT_PROGRESS_INTERVAL, DEFAULT_TRIAL_ATTEMPTS, Device, DeviceConfig, Watchdog,
+    verify_manifest_for_boot,
 };
 pub use error::Error;
 pub use install::{ChunkProgress, Installer};

@@ -326,7 +326,9 @@ impl<const W: usize, const E: usize> NorFlash for SimFlash<W, E> {
         let strike = self.begin_op(OpKind::Write)?;
         let seed = self.seed();
         self.ops += 1;
-        if let Some(i) = self.data[start..end].iter().position(|&b| b != 0xFF) {
+        let target = &self.data[start..end];
+        if !is_erased(target) {
+            let i = target.iter().position(|&b| b != 0xFF).unwrap_or(0);
             return Err(SimError::NotErased {
                 offset: (start + i) as u32,
             });
@@ -360,6 +362,17 @@ impl<const W: usize, const E: usize> NorFlash for SimFlash<W, E> {
     }
 }
 
+/// Whether every byte of `bytes` is 0xFF: a branch-free AND over 64-byte
+/// blocks (which the compiler vectorises), then the tail.
+fn is_erased(bytes: &[u8]) -> bool {
+    let blocks = bytes.chunks_exact(64);
+    let tail = blocks.remainder();
+    blocks
+        .map(|b| b.iter().fold(0xFF, |acc, &x| acc & x))
+        .all(|acc| acc == 0xFF)
+        && tail.iter().all(|&b| b == 0xFF)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -379,6 +392,28 @@ mod tests {
         assert!(f.bytes()[..256].iter().all(|&b| b == 0xFF));
         f.write(0, &[0, 0, 0, 0]).unwrap();
         assert_eq!(f.ops(), 4);
+    }
+
+    #[test]
+    fn a_single_programmed_byte_anywhere_refuses_the_write() {
+        // Lengths around the 64-byte blocks of the erased check, every position.
+        for len in [4usize, 60, 64, 68, 128, 200] {
+            for at in 0..len {
+                let mut f = Sim::uniform(1);
+                f.bytes_mut()[at] = 0xFE;
+                assert_eq!(
+                    f.write(0, &vec![0u8; len]),
+                    Err(SimError::NotErased { offset: at as u32 }),
+                    "len {len}, byte {at}"
+                );
+                assert!(
+                    f.bytes()[..len]
+                        .iter()
+                        .enumerate()
+                        .all(|(i, &b)| b == 0xFF || i == at)
+                );
+            }
+        }
     }
 
     #[test]

@@ -218,6 +218,81 @@ fn refuses_a_second_concurrent_install_and_resumes_the_same() {
 }
 
 #[test]
+fn progress_is_persisted_at_the_configured_interval() {
+    let (fx, _old, new, mut dev) = setup();
+    // The default for this 5 KiB slot of 1 KiB sectors: one sector.
+    assert_eq!(dev.progress_interval(Slot::B), 1024);
+    // Rounded up to whole sectors.
+    dev.set_progress_interval(1500);
+    assert_eq!(dev.progress_interval(Slot::B), 2048);
+    let chunk = new.params.chunk_size as usize;
+    assert_eq!(chunk, 256);
+    let records = |dev: &Device<Sim>| dev.flash().ops();
+    let mut inst = dev
+        .begin_install(&new.update, &new.envelope, &new.key)
+        .unwrap();
+    for i in 0..7 {
+        inst.write_chunk(&mut new.chunk(i)).unwrap();
+    }
+    drop(inst);
+    let (_, _, next) = dev.install_progress().unwrap();
+    assert_eq!(next, 0, "no record at the 1 KiB sector boundary");
+    let before = records(&dev);
+    let mut inst = dev
+        .begin_install(&new.update, &new.envelope, &new.key)
+        .unwrap();
+    assert_eq!(inst.next_chunk(), 0);
+    for i in 0..9 {
+        inst.write_chunk(&mut new.chunk(i)).unwrap();
+    }
+    drop(inst);
+    let (_, _, next) = dev.install_progress().unwrap();
+    assert_eq!(next, 8, "one record at the 2 KiB boundary");
+    // 9 chunks: 3 sector erases, 9 writes, 1 record.
+    assert_eq!(records(&dev) - before, 3 + 9 + 1);
+    // The resume repeats from the durable point and completes the image.
+    let mut inst = dev
+        .begin_install(&new.update, &new.envelope, &new.key)
+        .unwrap();
+    assert_eq!(inst.next_chunk(), 8);
+    for i in 8..new.chunks() {
+        inst.write_chunk(&mut new.chunk(i)).unwrap();
+    }
+    inst.finish().unwrap();
+    let b = dev.boot(&fx.trust).unwrap();
+    assert_eq!((b.slot, b.trial), (Slot::B, true));
+    let (bytes, _) = slot_bytes(dev, Slot::B, new.image.len());
+    assert_eq!(bytes, new.image);
+}
+
+#[test]
+fn default_progress_interval_is_a_sixteenth_of_the_slot_up_to_64_kib() {
+    let fx = Fixture::new();
+    let old = fx.release("fw-1", 1, image(3000, 1));
+    let at = |slot_kib: u32| {
+        let slot = slot_kib * 1024;
+        let l = Layout {
+            state: Partition::new(0, 4096, 1024),
+            slot_a: Partition::new(4096, slot, 1024),
+            slot_b: Partition::new(4096 + slot, slot, 1024),
+            manifest_area: 1024,
+        };
+        let f = Sim::uniform((4 + 2 * slot_kib) as usize);
+        let mut dev =
+            Device::provision(f, l, config(), &fx.trust, &old.image, &old.envelope).unwrap();
+        let default = dev.progress_interval(Slot::B);
+        dev.set_progress_interval(0);
+        let zero = dev.progress_interval(Slot::B);
+        dev.set_progress_interval(u32::MAX);
+        (default, zero, dev.progress_interval(Slot::B))
+    };
+    // 255 KiB of image: 15.9 KiB, rounded up to 16 sectors.
+    assert_eq!(at(256), (16 * 1024, 1024, 255 * 1024));
+    // 2047 KiB of image: capped at 64 KiB.
+    assert_eq!(at(2048), (64 * 1024, 1024, 2047 * 1024));
+}
+
+#[test]
 fn abort_clears_the_install_and_reports() {
     let (_fx, _old, new, mut dev) = setup();
     drop(
