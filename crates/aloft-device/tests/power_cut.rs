@@ -15,8 +15,9 @@
 //! side of the commit point the cut was on; the security floor must not rise
 //! before the confirm record; the rollback report must exist exactly once.
 //!
-//! The default sweep (small image, 1 KiB sectors) runs in the normal test
-//! suite. A larger one is ignored by default:
+//! The default sweep (small image, 1 KiB sectors, progress every sector) and
+//! one with a two-sector progress interval (a resume from a record in the
+//! middle of the image) run in the normal test suite. A larger one is ignored by default:
 //! `cargo test -p aloft-device --features sim --test power_cut -- --ignored --nocapture`.
 
 mod common;
@@ -44,6 +45,9 @@ struct World {
     new: Release,
     /// Provisioned and booted once, running the old image.
     base: Sim,
+    /// Progress interval set after each power-on (`None`: the default, one
+    /// sector for this small layout).
+    progress: Option<u32>,
 }
 
 impl World {
@@ -58,7 +62,13 @@ impl World {
         let mut dev = fx.provision(f, &old);
         dev.boot(&fx.trust).unwrap();
         let base = dev.into_flash();
-        Self { fx, old, new, base }
+        Self {
+            fx,
+            old,
+            new,
+            base,
+            progress: None,
+        }
     }
 }
 
@@ -85,6 +95,9 @@ fn power_on(
     boots: &mut Vec<Img>,
 ) -> Result<bool, Error> {
     let mut dev = Device::open(&mut *flash, layout(), config())?;
+    if let Some(p) = w.progress {
+        dev.set_progress_interval(p);
+    }
     let b = dev.boot(&w.fx.trust)?;
     let img = if b.manifest.release_id == w.new.manifest.release_id {
         assert_eq!(b.manifest, w.new.manifest);
@@ -324,6 +337,20 @@ fn power_cut_at_every_operation_small_image() {
         total += n;
     }
     println!("power-cut sweep (small image, with second cuts): {total} scenarios checked");
+    assert!(total > 100);
+}
+
+#[test]
+fn power_cut_at_every_operation_with_a_two_sector_progress_interval() {
+    // 4000 bytes in 384-byte chunks: one progress record, at 2 KiB, in the
+    // middle of a chunk; a cut after it resumes mid-image.
+    let mut w = World::new(1500, 4000);
+    w.progress = Some(2048);
+    let mut total = 0;
+    for sc in [Scenario::Confirm, Scenario::Revert] {
+        total += sweep(&w, sc, true);
+    }
+    println!("power-cut sweep (2 KiB progress interval): {total} scenarios checked");
     assert!(total > 100);
 }
 
