@@ -72,7 +72,16 @@ fn kill_group(pgid: u32) {
 
 /// Runs the task.
 pub fn run(args: &Args) -> Result<()> {
-    Cmd::cargo(["build", "--release", "-p", "aloft-bench"]).run()?;
+    // The network benchmarks start the server binary built next to the bench.
+    Cmd::cargo([
+        "build",
+        "--release",
+        "-p",
+        "aloft-bench",
+        "-p",
+        "aloft-server",
+    ])
+    .run()?;
     let bin = target_dir()?.join("release").join("aloft-bench");
     if args.list {
         return Cmd::new(&bin).args(["--list"]).run();

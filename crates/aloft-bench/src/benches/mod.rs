@@ -1,7 +1,7 @@
 //! The benchmarks, one module each, listed in [`registry`].
 //!
-//! To add one: write a module with a type implementing [`Bench`], list it in
-//! [`registry`] (replacing its [`pending::Pending`] entry). A benchmark that
+//! To add one: write a module with a type implementing [`Bench`] and list it
+//! in [`registry`]. A benchmark that
 //! starts processes must start them through [`Ctx::spawn`], bind and connect
 //! only to [`Ctx::loopback`] addresses, and stop them before returning (the
 //! xtask also kills the bench's whole process group at the end).
@@ -12,9 +12,13 @@ use std::process::{Child, Command};
 
 use crate::report::BenchResult;
 
+pub mod checkin;
+pub mod connected;
+pub mod device;
+pub mod download;
 pub mod install;
-pub mod pending;
 pub mod rollout_scale;
+pub mod server;
 pub mod verify;
 pub mod wire_bytes;
 
@@ -35,8 +39,7 @@ impl Ctx {
 
     /// The `i`-th loopback address, in 127.0.0.0/8 (never 127.0.0.0 or the
     /// broadcast address): benchmarks that need many source addresses use
-    /// these, and nothing else. (For the connected-devices benchmark.)
-    #[allow(dead_code)]
+    /// these, and nothing else.
     pub fn loopback(i: u32) -> Ipv4Addr {
         let host = 1 + i % 0x00FF_FFFE;
         let [_, a, b, c] = host.to_be_bytes();
@@ -77,28 +80,10 @@ pub trait Bench {
 pub fn registry() -> Vec<Box<dyn Bench>> {
     vec![
         Box::new(install::DeviceInstall),
-        Box::new(pending::Pending {
-            name: "connected-devices",
-            title: "Connected devices on one server",
-            item: 2,
-            needs: "aloft-sim (the fleet simulator) and the server's TLS device streams: \
-                    N devices over many 127.0.0.0/8 source addresses, server RSS per device",
-        }),
+        Box::new(connected::ConnectedDevices),
         Box::new(verify::VerifyBaselines),
-        Box::new(pending::Pending {
-            name: "check-in-rate",
-            title: "Check-in rate",
-            item: 3,
-            needs: "aloft-sim driving authenticated check-ins against the server (compared with \
-                    the verify baselines above), and the reconnect storm after a server restart",
-        }),
-        Box::new(pending::Pending {
-            name: "download-throughput",
-            title: "Download throughput vs nginx",
-            item: 4,
-            needs: "the agent's download path and a staged release: 100 concurrent devices \
-                    against nginx serving the same payload file over loopback",
-        }),
+        Box::new(checkin::CheckInRate),
+        Box::new(download::DownloadThroughput),
         Box::new(rollout_scale::RolloutScale),
         Box::new(wire_bytes::WireBytes),
     ]

@@ -43,7 +43,7 @@ impl Bench for VerifyBaselines {
 }
 
 /// Verifications per second of `verify` over `budget`.
-fn rate(budget: Duration, mut verify: impl FnMut() -> bool) -> anyhow::Result<f64> {
+pub fn rate(budget: Duration, mut verify: impl FnMut() -> bool) -> anyhow::Result<f64> {
     let start = Instant::now();
     let mut n = 0u64;
     loop {
@@ -68,7 +68,7 @@ pub fn parse_openssl_speed(output: &str) -> Option<f64> {
     line.split_whitespace().last()?.parse().ok()
 }
 
-fn openssl(ctx: &Ctx, seconds: u32) -> anyhow::Result<(String, f64)> {
+pub fn openssl(ctx: &Ctx, seconds: u32) -> anyhow::Result<(String, f64)> {
     let version = Command::new("openssl")
         .arg("version")
         .output()
@@ -106,6 +106,25 @@ fn openssl(ctx: &Ctx, seconds: u32) -> anyhow::Result<(String, f64)> {
     let rate = parse_openssl_speed(&text)
         .with_context(|| format!("no nistp256 verify/s in `openssl speed` output:\n{text}"))?;
     Ok((version, rate))
+}
+
+/// ring's verification rate on one thread over `budget` (a signed device
+/// hello, as the server verifies it).
+pub fn ring_rate(budget: Duration) -> anyhow::Result<f64> {
+    let key = SecretKey::generate();
+    let ring = RingPublicKey::new(&key.public_key());
+    let hello = pb::DeviceMessage {
+        device_id: "device-000001".into(),
+        challenge: vec![0x5A; 32],
+        seq: 1,
+        body: None,
+    };
+    let signed = device_msg::seal(&hello, &key);
+    let sig = Signature::from_slice(&signed.signature)?;
+    rate(budget, || {
+        ring.verify(Domain::DeviceMessage, &signed.payload, &sig)
+            .is_ok()
+    })
 }
 
 fn run(ctx: &Ctx) -> anyhow::Result<BenchResult> {
