@@ -63,7 +63,7 @@ fn nginx_binary() -> anyhow::Result<String> {
         }
     }
     println!(
-        "  nginx is missing: installing it (apt-get update; apt-get install -y nginx-light or nginx)"
+        "  nginx is missing: installing it (apt-get update; apt-get install -y nginx)"
     );
     let root = Command::new("id")
         .arg("-u")
