@@ -8,7 +8,7 @@ use aloft_protocol::payload::ChunkDecryptor;
 use aloft_protocol::pb::upload_release_request::Part;
 use aloft_protocol::pb::{self, admin_service_server::AdminService};
 use aloft_protocol::trust::VerifiedTrustRoot;
-use aloft_protocol::{ContentKey, DeviceId, Digest, PublicKey, ReleaseId, UnixTime, Version};
+use aloft_protocol::{ContentKey, DeviceId, Digest, PublicKey, ReleaseId, Version};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -16,10 +16,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::Shared;
 use crate::auth::{Role, token_info};
-use crate::selector::Selector;
+use crate::rollouts::{RolloutEvent, device_view};
 use crate::session::CloseReason;
 use crate::store::{DeviceRecord, ReleaseRecord, UploadId};
-use crate::tracking::now;
 
 /// The tonic `AdminService` implementation.
 pub(crate) struct AdminSvc {
@@ -56,6 +55,17 @@ impl AdminSvc {
             .map_err(Status::from)
     }
 
+    fn now(&self) -> u64 {
+        self.shared.now().0
+    }
+
+    fn rollout_events(&self, events: &[RolloutEvent]) -> Result<(), Status> {
+        for e in events {
+            self.shared.tracker.rollout_event(e)?;
+        }
+        Ok(())
+    }
+
     fn device_info(&self, mut record: DeviceRecord) -> pb::DeviceInfo {
         record.connected =
             DeviceId::new(&record.device_id).is_ok_and(|id| self.shared.sessions.is_connected(&id));
@@ -80,7 +90,7 @@ impl AdminSvc {
                 .to_sec1_compressed()
                 .to_vec(),
             trust_root: trust,
-            server_time: now(),
+            server_time: self.now(),
         }
     }
 }
@@ -235,7 +245,7 @@ impl AdminService for AdminSvc {
             .trust_root
             .ok_or_else(|| Status::invalid_argument("trust_root is required"))?;
         let current = self.shared.trust.read().expect("trust lock").clone();
-        let t = UnixTime(now());
+        let t = self.shared.now();
         let next = match &current {
             None => VerifiedTrustRoot::from_initial(&envelope, t),
             Some(cur) => cur.rotate(&envelope, t),
@@ -288,7 +298,7 @@ impl AdminService for AdminSvc {
             status: pb::DeviceStatus::Registered as i32,
             status_seq: 1,
             firmware_version: version.to_string(),
-            registered_at: now(),
+            registered_at: self.now(),
             ..Default::default()
         };
         if !self.shared.store.insert_device(&record)? {
@@ -321,8 +331,8 @@ impl AdminService for AdminSvc {
     ) -> Result<Response<pb::ListDevicesResponse>, Status> {
         self.require(&request, Role::Viewer)?;
         let req = request.into_inner();
-        let selector =
-            Selector::parse(&req.selector).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let selector = aloft_rollout::Selector::parse(&req.selector)
+            .map_err(|e| Status::invalid_argument(format!("invalid selector: {e}")))?;
         let after = if req.after.is_empty() {
             None
         } else {
@@ -332,12 +342,13 @@ impl AdminService for AdminSvc {
             0 => 100,
             n => n.min(1000) as usize,
         };
-        let cutoff = now().saturating_sub(req.stale_secs);
+        let cutoff = self.now().saturating_sub(req.stale_secs);
         let devices = self
             .shared
             .store
             .list_devices(after.as_ref(), limit, &mut |d| {
-                selector.matches(d) && (req.stale_secs == 0 || d.last_seen <= cutoff)
+                device_view(d, &d.firmware_version).is_some_and(|v| selector.matches(&v))
+                    && (req.stale_secs == 0 || d.last_seen <= cutoff)
             })?;
         let next_after = if devices.len() == limit {
             devices
@@ -442,7 +453,7 @@ impl AdminService for AdminSvc {
             .manifest
             .ok_or_else(|| Status::invalid_argument("upload header has no manifest"))?;
         let manifest = trust
-            .verify_manifest(&envelope, UnixTime(now()))
+            .verify_manifest(&envelope, self.shared.now())
             .map_err(|e| Status::invalid_argument(format!("manifest refused: {e}")))?;
         let key = ContentKey::from_slice(&header.content_key)
             .map_err(|_| Status::invalid_argument("content key must be 32 bytes"))?;
@@ -499,7 +510,7 @@ impl AdminService for AdminSvc {
             payload_len: expected,
             manifest_digest: manifest.digest.as_bytes().to_vec(),
             expires_at: manifest.expires_at.0,
-            uploaded_at: now(),
+            uploaded_at: self.now(),
         };
         let record = ReleaseRecord {
             info: Some(info.clone()),
@@ -547,49 +558,24 @@ impl AdminService for AdminSvc {
     ) -> Result<Response<pb::RolloutInfo>, Status> {
         self.require(&request, Role::Operator)?;
         let req = request.into_inner();
-        let rollout_id = release_id(&req.rollout_id).map_err(|_| {
-            Status::invalid_argument(format!("invalid rollout id {:?}", req.rollout_id))
-        })?;
         let release = release_id(&req.release_id)?;
-        if self.shared.store.release(&release)?.is_none() {
-            return Err(Status::not_found(format!(
-                "no release {release}: upload it first"
-            )));
-        }
-        Selector::parse(&req.selector).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let t = now();
-        let record = pb::RolloutInfo {
-            rollout_id: rollout_id.as_str().to_owned(),
-            release_id: release.as_str().to_owned(),
-            selector: req.selector,
-            stages: req.stages,
-            window: req.window,
-            state: if req.start_paused {
-                pb::RolloutState::Paused
-            } else {
-                pb::RolloutState::Active
-            } as i32,
-            current_stage: 0,
-            pause_reason: String::new(),
-            counts: Vec::new(),
-            created_at: t,
-            stage_started_at: t,
-            max_concurrent: req.max_concurrent,
-        };
-        if !self.shared.store.insert_rollout(&record)? {
-            return Err(Status::already_exists(format!(
-                "rollout {rollout_id} already exists"
-            )));
-        }
+        let record =
+            self.shared.store.release(&release)?.ok_or_else(|| {
+                Status::not_found(format!("no release {release}: upload it first"))
+            })?;
+        let info = self
+            .shared
+            .rollouts
+            .create(req, &record, self.shared.now())?;
         self.event(
             "",
             release.as_str(),
-            rollout_id.as_str(),
+            &info.rollout_id,
             "rollout_created",
             String::new(),
         )?;
         self.flush().await?;
-        Ok(Response::new(record))
+        Ok(Response::new(info))
     }
 
     async fn get_rollout(
@@ -597,13 +583,8 @@ impl AdminService for AdminSvc {
         request: Request<pb::GetRolloutRequest>,
     ) -> Result<Response<pb::RolloutInfo>, Status> {
         self.require(&request, Role::Viewer)?;
-        let id = &request.get_ref().rollout_id;
-        let record = self
-            .shared
-            .store
-            .rollout(id)?
-            .ok_or_else(|| Status::not_found(format!("no rollout {id:?}")))?;
-        Ok(Response::new(record))
+        let info = self.shared.rollouts.get(&request.get_ref().rollout_id)?;
+        Ok(Response::new(info))
     }
 
     async fn list_rollouts(
@@ -612,7 +593,7 @@ impl AdminService for AdminSvc {
     ) -> Result<Response<pb::ListRolloutsResponse>, Status> {
         self.require(&request, Role::Viewer)?;
         Ok(Response::new(pb::ListRolloutsResponse {
-            rollouts: self.shared.store.list_rollouts()?,
+            rollouts: self.shared.rollouts.list(),
         }))
     }
 
@@ -620,52 +601,19 @@ impl AdminService for AdminSvc {
         &self,
         request: Request<pb::ControlRolloutRequest>,
     ) -> Result<Response<pb::RolloutInfo>, Status> {
-        use pb::{RolloutAction as A, RolloutState as S};
         self.require(&request, Role::Operator)?;
         let req = request.into_inner();
-        let action = A::try_from(req.action).unwrap_or(A::Unspecified);
-        let target = match action {
-            A::Pause => S::Paused,
-            A::Resume => S::Active,
-            A::Cancel => S::Cancelled,
-            A::Advance | A::RetryFailed => {
-                return Err(Status::unimplemented(
-                    "stage control arrives with the rollout engine",
-                ));
-            }
-            A::Unspecified => return Err(Status::invalid_argument("rollout action is required")),
-        };
-        let mut refused = None;
-        let record = self
-            .shared
-            .store
-            .update_rollout(&req.rollout_id, &mut |r| {
-                refused = None;
-                if r.state == S::Cancelled as i32 || r.state == S::Completed as i32 {
-                    refused = Some(Status::failed_precondition("the rollout has ended"));
-                    return false;
-                }
-                r.state = target as i32;
-                r.pause_reason = if target == S::Paused {
-                    req.reason.clone()
-                } else {
-                    String::new()
-                };
-                true
-            })?
-            .ok_or_else(|| Status::not_found(format!("no rollout {:?}", req.rollout_id)))?;
-        if let Some(status) = refused {
-            return Err(status);
-        }
-        self.event(
-            "",
-            &record.release_id,
-            &record.rollout_id,
-            "rollout_state",
-            format!("{target:?} {}", req.reason),
+        let action =
+            pb::RolloutAction::try_from(req.action).unwrap_or(pb::RolloutAction::Unspecified);
+        let (info, events) = self.shared.rollouts.control(
+            &req.rollout_id,
+            action,
+            &req.reason,
+            self.shared.now(),
         )?;
+        self.rollout_events(&events)?;
         self.flush().await?;
-        Ok(Response::new(record))
+        Ok(Response::new(info))
     }
 
     async fn control_rollout_device(
@@ -673,9 +621,22 @@ impl AdminService for AdminSvc {
         request: Request<pb::ControlRolloutDeviceRequest>,
     ) -> Result<Response<pb::RolloutInfo>, Status> {
         self.require(&request, Role::Operator)?;
-        Err(Status::unimplemented(
-            "per-device rollout control arrives with the rollout engine",
-        ))
+        let req = request.into_inner();
+        // Unknown rollout first, then unknown device.
+        self.shared.rollouts.get(&req.rollout_id)?;
+        let id = device_id(&req.device_id)?;
+        if self.shared.store.device(&id)?.is_none() {
+            return Err(Status::not_found(format!("no device {id}")));
+        }
+        let action =
+            pb::DeviceAction::try_from(req.action).unwrap_or(pb::DeviceAction::Unspecified);
+        let (info, event) =
+            self.shared
+                .rollouts
+                .control_device(&req.rollout_id, &id, action, self.shared.now())?;
+        self.rollout_events(std::slice::from_ref(&event))?;
+        self.flush().await?;
+        Ok(Response::new(info))
     }
 
     async fn create_token(
@@ -689,7 +650,7 @@ impl AdminService for AdminSvc {
         if req.name.is_empty() || req.name.len() > 64 {
             return Err(Status::invalid_argument("token name must be 1 to 64 bytes"));
         }
-        let (record, token) = self.shared.auth.create(&req.name, role, now())?;
+        let (record, token) = self.shared.auth.create(&req.name, role, self.now())?;
         self.event(
             "",
             "",

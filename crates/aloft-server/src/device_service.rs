@@ -1,6 +1,7 @@
 //! The device service: authenticated sessions, offers, reports, downloads.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use aloft_protocol::device_msg;
 use aloft_protocol::envelope;
@@ -17,10 +18,16 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::Shared;
 use crate::auth::bearer;
 use crate::keys::random;
-use crate::offer::{HelloState, OfferChoice};
+use crate::rollouts::CheckIn;
 use crate::session::CloseReason;
 use crate::store::{DeviceRecord, DirectiveRecord};
-use crate::tracking::now;
+use crate::tracking::ReportOutcome;
+
+/// An offer decision: which release, from which rollout.
+struct OfferChoice {
+    release_id: ReleaseId,
+    rollout_id: String,
+}
 
 type Tx = mpsc::Sender<Result<pb::ServerToDevice, Status>>;
 
@@ -91,7 +98,32 @@ async fn process_reports(
     }
     let mut acked = Vec::with_capacity(reports.len());
     for report in reports {
-        shared.tracker.report(id, report)?;
+        // The directive that named this release says which rollout it belongs to.
+        let rollout = match ReleaseId::new(&report.release_id) {
+            Ok(release) => shared
+                .store
+                .directive(id, &release)?
+                .map(|d| d.rollout_id)
+                .unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        let outcome = shared.tracker.report(id, report, &rollout)?;
+        if outcome != ReportOutcome::Duplicate && !rollout.is_empty() {
+            let engine_report = match pb::ReportKind::try_from(report.kind) {
+                Ok(pb::ReportKind::Installed) => Some(aloft_rollout::Report::Installed),
+                Ok(pb::ReportKind::Confirmed) => Some(aloft_rollout::Report::Updated),
+                Ok(pb::ReportKind::RolledBack) => Some(aloft_rollout::Report::RolledBack),
+                Ok(pb::ReportKind::InstallFailed) => Some(aloft_rollout::Report::Failed {
+                    detail: report.detail.clone(),
+                }),
+                _ => None,
+            };
+            if let Some(r) = engine_report {
+                for event in shared.rollouts.report(&rollout, id, r, shared.now())? {
+                    shared.tracker.rollout_event(&event)?;
+                }
+            }
+        }
         acked.push(report.report_id.clone());
     }
     shared.store.flush().await?;
@@ -123,7 +155,7 @@ fn build_offer(
     let manifest = release
         .manifest
         .ok_or_else(|| Status::internal("release without manifest"))?;
-    let issued = now();
+    let issued = shared.now().0;
     let expires = issued + shared.limits.directive_ttl.as_secs();
     let directive = pb::Directive {
         device_id: device.device_id.clone(),
@@ -148,6 +180,65 @@ fn build_offer(
     })
 }
 
+/// Decides what the device gets now and sends it: an offer, or (only when
+/// `answer_later`, i.e. at the hello) a suggested next check-in. Returns
+/// whether an offer went out.
+async fn decide(
+    shared: &Shared,
+    id: &DeviceId,
+    key: &PublicKey,
+    nonce: &DeviceNonce,
+    tx: &Tx,
+    answer_later: bool,
+) -> Result<bool, Status> {
+    let Some(record) = shared.store.device(id)? else {
+        return Ok(false);
+    };
+    if record.revoked {
+        return Ok(false);
+    }
+    let now = shared.now();
+    match shared
+        .rollouts
+        .check_in(&record, &record.firmware_version, now)?
+    {
+        CheckIn::Offer {
+            release,
+            rollout,
+            fresh,
+        } => {
+            let choice = OfferChoice {
+                release_id: release,
+                rollout_id: rollout,
+            };
+            let offer = build_offer(shared, &record, id, key, nonce, &choice)?;
+            shared.tracker.offered(id, &choice.release_id, fresh)?;
+            shared.tracker.event(
+                id.as_str(),
+                choice.release_id.as_str(),
+                &choice.rollout_id,
+                "offered",
+                String::new(),
+            )?;
+            shared.store.flush().await?;
+            let _ = tx.send(msg(Kind::Offer(offer))).await;
+            Ok(true)
+        }
+        CheckIn::Later(at) => {
+            // Decision records (a device joining a rollout) are durable before we answer.
+            shared.store.flush().await?;
+            if answer_later {
+                let after_secs = at.0.saturating_sub(now.0).max(1);
+                let _ = tx
+                    .send(msg(Kind::CheckInLater(pb::CheckInLater { after_secs })))
+                    .await;
+            }
+            Ok(false)
+        }
+        CheckIn::Nothing => Ok(false),
+    }
+}
+
 async fn run_session(shared: Arc<Shared>, mut inbound: Streaming<pb::DeviceToServer>, tx: Tx) {
     if let Err(status) = session(&shared, &mut inbound, &tx).await {
         tracing::info!(code = ?status.code(), message = status.message(), "device session ended");
@@ -164,7 +255,7 @@ async fn session(
     let _ = tx
         .send(msg(Kind::Challenge(pb::Challenge {
             nonce: challenge.to_vec(),
-            server_time: now(),
+            server_time: shared.now().0,
         })))
         .await;
     let first = match tokio::time::timeout(shared.limits.hello_timeout, inbound.message()).await {
@@ -178,7 +269,7 @@ async fn session(
         Ok(Ok(None)) => return Ok(()),
         Ok(Ok(Some(first))) => first,
     };
-    let (record, id, key, hello) = authenticate(shared, first, &challenge)?;
+    let (_, id, key, hello) = authenticate(shared, first, &challenge)?;
     let nonce = DeviceNonce::from_slice(&hello.device_nonce).map_err(|_| {
         Status::invalid_argument(format!(
             "hello refused: device nonce must be {} bytes",
@@ -193,7 +284,7 @@ async fn session(
     let state = hello.state.clone().unwrap_or_default();
 
     let mut handle = shared.sessions.open(&id);
-    let record = shared.tracker.observe(&id, Some(&state))?.unwrap_or(record);
+    shared.tracker.observe(&id, Some(&state))?;
     shared.tracker.event(
         id.as_str(),
         "",
@@ -205,30 +296,21 @@ async fn session(
     let _ = tx
         .send(msg(Kind::Welcome(pb::Welcome {
             session_token: handle.token_bytes.to_vec(),
-            server_time: now(),
+            server_time: shared.now().0,
             next_check_in_secs: shared.limits.next_check_in_secs,
         })))
         .await;
     process_reports(shared, &id, &hello.reports, tx).await?;
 
-    let record = shared.store.device(&id)?.unwrap_or(record);
-    let hello_state = HelloState {
-        device_nonce: &nonce,
-        state: &state,
-    };
-    if let Some(choice) = shared.policy.choose(&record, &hello_state)? {
-        let offer = build_offer(shared, &record, &id, &key, &nonce, &choice)?;
-        shared.tracker.offered(&id, &choice.release_id)?;
-        shared.tracker.event(
-            id.as_str(),
-            choice.release_id.as_str(),
-            &choice.rollout_id,
-            "offered",
-            String::new(),
-        )?;
-        shared.store.flush().await?;
-        let _ = tx.send(msg(Kind::Offer(offer))).await;
-    }
+    // Subscribe before deciding, so no nudge between the two is missed.
+    let mut nudges = shared.rollouts.subscribe();
+    nudges.mark_unchanged();
+    let mut offered = decide(shared, &id, &key, &nonce, tx, true).await?;
+    let jitter = Duration::from_millis(aloft_rollout::membership::jitter_secs(
+        &id,
+        u64::try_from(shared.limits.notify_jitter.as_millis()).unwrap_or(u64::MAX),
+    ));
+    let mut renudge: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
 
     let mut expected_seq = 2u64;
     let mut shutdown = shared.shutdown.clone();
@@ -238,6 +320,17 @@ async fn session(
                 return Err(reason.unwrap_or(CloseReason::Shutdown).status());
             }
             _ = crate::stopped(&mut shutdown) => return Err(CloseReason::Shutdown.status()),
+            changed = nudges.changed(), if !offered && renudge.is_none() => {
+                if changed.is_ok() {
+                    // Deterministic per-device jitter spreads a fleet-wide nudge.
+                    renudge = Some(Box::pin(tokio::time::sleep(jitter)));
+                }
+            }
+            () = async { if let Some(t) = renudge.as_mut() { t.await } }, if renudge.is_some() => {
+                renudge = None;
+                nudges.mark_unchanged();
+                offered = decide(shared, &id, &key, &nonce, tx, false).await?;
+            }
             next = inbound.message() => {
                 let Ok(Some(next)) = next else { return Ok(()) };
                 let signed = next.signed.ok_or_else(|| {

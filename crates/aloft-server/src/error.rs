@@ -25,6 +25,9 @@ pub enum ServerError {
     /// Binding or serving the listen address failed.
     #[error("transport: {0}")]
     Transport(String),
+    /// Stored rollouts could not be rebuilt, or a rollout tick failed.
+    #[error("rollouts: {0}")]
+    Rollouts(String),
     /// An I/O operation failed.
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),

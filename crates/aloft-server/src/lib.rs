@@ -6,8 +6,11 @@
 //!   trait, free of sled types, and [`store::SledStore`]); [`keys`] (directive
 //!   key, KEK, secret files); [`auth`] (operator tokens and roles);
 //!   [`session`] (live device sessions); [`tracking`] (status, reports,
-//!   events); [`offer`] (the [`offer::OfferPolicy`] seam); [`selector`];
+//!   events); [`rollouts`] (the `aloft-rollout` engine over the store, and
+//!   the background tick); [`clock`] (the injectable time source);
 //!   `device_service` and `admin_service` (the gRPC surfaces).
+//! - **Rollouts**: see [`rollouts`]. Selectors use `aloft-rollout`'s grammar,
+//!   also for `ListDevices`.
 //! - **Trust**: the server holds only its online directive key. Releases are
 //!   verified against a TrustRoot installed with `SetTrustRoot`; until then,
 //!   uploads fail with `FAILED_PRECONDITION`.
@@ -44,11 +47,11 @@ use tonic::transport::{Identity, ServerTlsConfig};
 
 mod admin_service;
 pub mod auth;
+pub mod clock;
 mod device_service;
 mod error;
 pub mod keys;
-pub mod offer;
-pub mod selector;
+pub mod rollouts;
 pub mod session;
 pub mod store;
 pub mod tracking;
@@ -75,6 +78,8 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// Limits and timings.
     pub limits: Limits,
+    /// The time source ([`clock::SystemClock`] unless a test injects one).
+    pub clock: Arc<dyn clock::Clock>,
 }
 
 /// Tunable limits and timings, with sensible defaults.
@@ -98,6 +103,18 @@ pub struct Limits {
     pub max_downloads: usize,
     /// Capacity of the live event channel.
     pub event_buffer: usize,
+    /// Devices offered and not finished across all rollouts: the server's
+    /// pacing cap (0 = none).
+    pub max_concurrent_downloads: u32,
+    /// How often the rollout tick runs (soak, silent devices, health gate).
+    pub rollout_tick: Duration,
+    /// An offer with no report for this long is withdrawn (0 = never).
+    pub offer_timeout_secs: u64,
+    /// Largest per-device jitter on suggested check-ins, in seconds.
+    pub check_in_jitter_secs: u64,
+    /// Largest per-device delay before a connected device is offered an
+    /// update that became available (rollout created, resumed, advanced).
+    pub notify_jitter: Duration,
 }
 
 impl Default for Limits {
@@ -112,6 +129,11 @@ impl Default for Limits {
             download_buffer_chunks: 4,
             max_downloads: 256,
             event_buffer: 1024,
+            max_concurrent_downloads: 0,
+            rollout_tick: Duration::from_secs(1),
+            offer_timeout_secs: 24 * 3600,
+            check_in_jitter_secs: aloft_rollout::rollout::DEFAULT_JITTER_SECS,
+            notify_jitter: Duration::from_secs(10),
         }
     }
 }
@@ -124,6 +146,7 @@ impl ServerConfig {
             listen,
             tls: None,
             limits: Limits::default(),
+            clock: Arc::new(clock::SystemClock),
         }
     }
 }
@@ -135,12 +158,20 @@ pub(crate) struct Shared {
     pub(crate) auth: auth::Authenticator,
     pub(crate) sessions: session::SessionRegistry,
     pub(crate) tracker: tracking::Tracker,
-    pub(crate) policy: Arc<dyn offer::OfferPolicy>,
+    pub(crate) rollouts: rollouts::Rollouts,
+    pub(crate) clock: Arc<dyn clock::Clock>,
     pub(crate) trust: RwLock<Option<VerifiedTrustRoot>>,
     pub(crate) limits: Limits,
     pub(crate) downloads: Arc<Semaphore>,
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) uploads_in_progress: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl Shared {
+    /// Now, by the server's clock.
+    pub(crate) fn now(&self) -> UnixTime {
+        self.clock.now()
+    }
 }
 
 /// A running server. Drop without [`RunningServer::shutdown`] aborts it.
@@ -151,6 +182,7 @@ pub struct RunningServer {
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    ticker: tokio::task::JoinHandle<()>,
 }
 
 impl RunningServer {
@@ -181,6 +213,7 @@ impl RunningServer {
             .task
             .await
             .map_err(|e| ServerError::Transport(e.to_string()))?;
+        let _ = self.ticker.await;
         self.shared.store.flush().await?;
         served.map_err(|e| ServerError::Transport(e.to_string()))?;
         tracing::info!("server stopped, store flushed");
@@ -197,14 +230,14 @@ fn bootstrap_admin_token(
     dir: &std::path::Path,
     store: &Arc<dyn store::Store>,
     auth: &auth::Authenticator,
+    now: u64,
 ) -> Result<String, ServerError> {
     let path = keys::admin_token_path(dir);
     if store.list_tokens()?.is_empty() {
         if path.exists() {
             std::fs::remove_file(&path)?;
         }
-        let (record, secret) =
-            auth.create("bootstrap-admin", auth::Role::Admin, tracking::now())?;
+        let (record, secret) = auth.create("bootstrap-admin", auth::Role::Admin, now)?;
         keys::write_secret_file(&path, format!("{secret}\n").as_bytes())?;
         tracing::info!(path = %path.display(), token_id = %record.token_id, "bootstrap admin token created");
     } else {
@@ -229,11 +262,23 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         tracing::info!(chunks = swept, "removed chunks of unfinished uploads");
     }
     let auth = auth::Authenticator::new(store.clone());
-    let admin_token = bootstrap_admin_token(&config.data_dir, &store, &auth)?;
+    let clock = config.clock.clone();
+    let admin_token = bootstrap_admin_token(&config.data_dir, &store, &auth, clock.now().0)?;
+    let rollouts = rollouts::Rollouts::load(
+        store.clone(),
+        rollouts::RolloutSettings {
+            max_concurrent_downloads: config.limits.max_concurrent_downloads,
+            offer_timeout_secs: config.limits.offer_timeout_secs,
+            check_in_secs: config.limits.next_check_in_secs.max(1),
+            jitter_secs: config.limits.check_in_jitter_secs,
+            ..Default::default()
+        },
+    )
+    .map_err(|e| ServerError::Rollouts(e.to_string()))?;
     store.flush().await?;
 
     let trust = match store.trust_root()? {
-        Some(env) => match VerifiedTrustRoot::from_initial(&env, UnixTime(tracking::now())) {
+        Some(env) => match VerifiedTrustRoot::from_initial(&env, clock.now()) {
             Ok(t) => Some(t),
             Err(e) => {
                 tracing::error!(error = %e, "stored TrustRoot no longer verifies; install a new one with SetTrustRoot");
@@ -262,8 +307,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let (stop, shutdown) = watch::channel(false);
     let public_key = keys.directive_key.public_key();
     let shared = Arc::new(Shared {
-        policy: Arc::new(offer::SelectorPolicy::new(store.clone())),
-        tracker: tracking::Tracker::new(store.clone(), config.limits.event_buffer),
+        tracker: tracking::Tracker::new(store.clone(), config.limits.event_buffer, clock.clone()),
+        rollouts,
+        clock,
         sessions: session::SessionRegistry::default(),
         downloads: Arc::new(Semaphore::new(config.limits.max_downloads)),
         trust: RwLock::new(trust),
@@ -299,6 +345,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
         stopped(&mut signal).await;
     }));
+    let ticker = tokio::spawn(rollout_ticker(shared.clone(), config.limits.rollout_tick));
     tracing::info!(addr = %local_addr, tls = config.tls.is_some(), "serving");
     Ok(RunningServer {
         local_addr,
@@ -307,5 +354,39 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         shared,
         stop,
         task,
+        ticker,
     })
+}
+
+/// Runs [`rollouts::Rollouts::tick`] every `period` until shutdown: records
+/// and publishes the resulting events, then flushes.
+async fn rollout_ticker(shared: Arc<Shared>, period: Duration) {
+    let mut shutdown = shared.shutdown.clone();
+    let mut interval = tokio::time::interval(period.max(Duration::from_millis(10)));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stopped(&mut shutdown) => return,
+            _ = interval.tick() => {}
+        }
+        if let Err(e) = tick_once(&shared).await {
+            tracing::error!(error = %e, "rollout tick failed");
+        }
+    }
+}
+
+async fn tick_once(shared: &Shared) -> Result<(), ServerError> {
+    let events = shared
+        .rollouts
+        .tick(shared.now())
+        .map_err(|e| ServerError::Rollouts(e.to_string()))?;
+    if events.is_empty() {
+        return Ok(());
+    }
+    for e in &events {
+        tracing::info!(rollout = %e.rollout, kind = e.kind, detail = %e.detail, "rollout event");
+        shared.tracker.rollout_event(e)?;
+    }
+    shared.store.flush().await?;
+    Ok(())
 }

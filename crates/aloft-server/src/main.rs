@@ -1,5 +1,6 @@
 //! The `aloft-server` binary: `aloft-server --data DIR --listen ADDR
-//! [--tls-cert F --tls-key F | --insecure-plaintext]`.
+//! [--tls-cert F --tls-key F | --insecure-plaintext] [--max-concurrent-downloads N]
+//! [--rollout-tick-ms MS] [--offer-timeout-secs S] [--check-in-jitter-secs S]`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,6 +31,19 @@ struct Args {
     /// Seconds a device has to answer the session challenge.
     #[arg(long, default_value_t = 10)]
     hello_timeout_secs: u64,
+    /// Server-wide pacing cap: devices offered an update and not yet finished,
+    /// across all rollouts (0 = no cap). Devices over it are told to check in later.
+    #[arg(long, default_value_t = 0)]
+    max_concurrent_downloads: u32,
+    /// How often rollouts advance by themselves (soak, silent devices, health gate), in ms.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
+    rollout_tick_ms: u64,
+    /// An offer with no report for this long is withdrawn, freeing its pacing slot (0 = never).
+    #[arg(long, default_value_t = 86_400)]
+    offer_timeout_secs: u64,
+    /// Largest per-device jitter added to suggested check-in times, in seconds.
+    #[arg(long, default_value_t = 300)]
+    check_in_jitter_secs: u64,
 }
 
 #[tokio::main]
@@ -55,6 +69,10 @@ async fn main() -> anyhow::Result<()> {
     let mut config = ServerConfig::new(args.data, args.listen);
     config.tls = tls;
     config.limits.hello_timeout = std::time::Duration::from_secs(args.hello_timeout_secs);
+    config.limits.max_concurrent_downloads = args.max_concurrent_downloads;
+    config.limits.rollout_tick = std::time::Duration::from_millis(args.rollout_tick_ms);
+    config.limits.offer_timeout_secs = args.offer_timeout_secs;
+    config.limits.check_in_jitter_secs = args.check_in_jitter_secs;
     let server = aloft_server::start(config)
         .await
         .context("starting the server")?;

@@ -54,8 +54,6 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// A stored device: its registration and tracked status (the wire
 /// [`pb::DeviceInfo`] without the live `connected` flag).
 pub type DeviceRecord = pb::DeviceInfo;
-/// A stored rollout.
-pub type RolloutRecord = pb::RolloutInfo;
 
 /// Identifies one upload's chunk records until its release is committed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -121,6 +119,86 @@ pub struct ReleaseRecord {
     /// Number of payload chunks.
     #[prost(uint32, tag = "5")]
     pub chunk_count: u32,
+}
+
+/// A stored rollout: its definition and its progress. Each device's place in
+/// it is a separate [`RolloutDeviceRecord`], so a check-in rewrites one small
+/// record, never the rollout.
+#[derive(Clone, PartialEq, Message)]
+pub struct RolloutRecord {
+    /// The definition as accepted (stages filled in with the defaults).
+    #[prost(message, optional, tag = "1")]
+    pub request: Option<pb::CreateRolloutRequest>,
+    /// The release's version when the rollout was created.
+    #[prost(string, tag = "2")]
+    pub target_version: String,
+    /// Seconds before an unanswered offer is withdrawn (0 = never).
+    #[prost(uint64, tag = "3")]
+    pub offer_timeout_secs: u64,
+    /// Suggested check-in interval for waiting devices.
+    #[prost(uint64, tag = "4")]
+    pub check_in_secs: u64,
+    /// Suggested wait for devices held back by a pacing cap.
+    #[prost(uint64, tag = "5")]
+    pub pacing_retry_secs: u64,
+    /// Largest per-device jitter on suggested check-ins.
+    #[prost(uint64, tag = "6")]
+    pub jitter_secs: u64,
+    /// `pb::RolloutState` as i32.
+    #[prost(enumeration = "pb::RolloutState", tag = "7")]
+    pub state: i32,
+    /// Why it is paused.
+    #[prost(string, tag = "8")]
+    pub pause_reason: String,
+    /// Index of the current stage.
+    #[prost(uint32, tag = "9")]
+    pub current_stage: u32,
+    /// Unix seconds.
+    #[prost(uint64, tag = "10")]
+    pub created_at: u64,
+    /// Unix seconds.
+    #[prost(uint64, tag = "11")]
+    pub stage_started_at: u64,
+    /// Current-stage failures acknowledged by an operator resume.
+    #[prost(uint32, tag = "12")]
+    pub acknowledged: u32,
+}
+
+impl RolloutRecord {
+    /// The rollout's id.
+    pub fn id(&self) -> &str {
+        self.request.as_ref().map_or("", |r| r.rollout_id.as_str())
+    }
+}
+
+/// One device's place in one rollout (mirrors `aloft_rollout`'s device record).
+#[derive(Clone, PartialEq, Message)]
+pub struct RolloutDeviceRecord {
+    /// Outcome index: 0 pending, 1 offered, 2 installed, 3 updated, 4 failed,
+    /// 5 rolled back, 6 silent, 7 excluded.
+    #[prost(uint32, tag = "1")]
+    pub outcome: u32,
+    /// First eligible stage + 1; 0 = beyond the last stage (or not placed).
+    #[prost(uint32, tag = "2")]
+    pub stage: u32,
+    /// Forced by an operator.
+    #[prost(bool, tag = "3")]
+    pub forced: bool,
+    /// Unix seconds of the last outcome change.
+    #[prost(uint64, tag = "4")]
+    pub since: u64,
+    /// Offers made.
+    #[prost(uint32, tag = "5")]
+    pub offers: u32,
+    /// Rollbacks reported.
+    #[prost(uint32, tag = "6")]
+    pub rollbacks: u32,
+    /// Install failures reported.
+    #[prost(uint32, tag = "7")]
+    pub failures: u32,
+    /// The last failure detail.
+    #[prost(string, optional, tag = "8")]
+    pub last_error: Option<String>,
 }
 
 /// A directive the server issued: authorises the device to download the release.
@@ -197,18 +275,20 @@ pub trait Store: Send + Sync + 'static {
     /// (left by a crash mid-upload); returns how many were removed.
     fn sweep_orphan_chunks(&self) -> StoreResult<usize>;
 
-    /// Inserts a rollout; false if the id exists.
+    /// Inserts a rollout; false (nothing written) if the id exists.
     fn insert_rollout(&self, record: &RolloutRecord) -> StoreResult<bool>;
-    /// One rollout.
-    fn rollout(&self, id: &str) -> StoreResult<Option<RolloutRecord>>;
-    /// Atomically applies `f` to a rollout (see [`Store::update_device`]).
-    fn update_rollout(
-        &self,
-        id: &str,
-        f: &mut dyn FnMut(&mut RolloutRecord) -> bool,
-    ) -> StoreResult<Option<RolloutRecord>>;
     /// All rollouts, by id.
     fn list_rollouts(&self) -> StoreResult<Vec<RolloutRecord>>;
+    /// Atomically writes a rollout's record (when `record` is given) and
+    /// device records of rollout `rollout`.
+    fn save_rollout(
+        &self,
+        rollout: &str,
+        record: Option<&RolloutRecord>,
+        devices: &[(DeviceId, RolloutDeviceRecord)],
+    ) -> StoreResult<()>;
+    /// Every device record of rollout `rollout`, by device id.
+    fn rollout_devices(&self, rollout: &str) -> StoreResult<Vec<(DeviceId, RolloutDeviceRecord)>>;
 
     /// Records (or replaces) the directive for (device, release).
     fn put_directive(&self, record: &DirectiveRecord) -> StoreResult<()>;
@@ -234,8 +314,22 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// The embedded default: one sled database under the data directory.
+///
+/// **Flushes are serialized.** sled 0.34.7 can deadlock when `flush_async`
+/// runs from many tasks at once (sled issues #1308 and #1241), so
+/// [`Store::flush`] never calls it: callers take a ticket, then one at a time
+/// run the blocking `Db::flush` (on tokio's blocking pool when a runtime is
+/// present). Group commit: a flush covers every ticket taken before it
+/// started, so callers whose ticket is already covered return without
+/// flushing again.
 pub struct SledStore {
     db: sled::Db,
+    /// Tickets handed out (one per `flush` call).
+    flush_requested: std::sync::atomic::AtomicU64,
+    /// Every ticket up to this one is durable.
+    flush_done: std::sync::atomic::AtomicU64,
+    /// Held while a flush runs.
+    flush_lock: tokio::sync::Mutex<()>,
     meta: sled::Tree,
     devices: sled::Tree,
     tokens: sled::Tree,
@@ -243,6 +337,7 @@ pub struct SledStore {
     releases: sled::Tree,
     chunks: sled::Tree,
     rollouts: sled::Tree,
+    rollout_devices: sled::Tree,
     directives: sled::Tree,
     reports: sled::Tree,
     events: sled::Tree,
@@ -281,12 +376,16 @@ impl SledStore {
             token_ids: db.open_tree("token_ids")?,
             releases: db.open_tree("releases")?,
             chunks: db.open_tree("chunks")?,
-            rollouts: db.open_tree("rollouts")?,
+            rollouts: db.open_tree("rollout_records")?,
+            rollout_devices: db.open_tree("rollout_devices")?,
             directives: db.open_tree("directives")?,
             reports: db.open_tree("reports")?,
             events: db.open_tree("events")?,
             device_events: db.open_tree("device_events")?,
             db,
+            flush_requested: Default::default(),
+            flush_done: Default::default(),
+            flush_lock: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -477,28 +576,56 @@ impl Store for SledStore {
     fn insert_rollout(&self, record: &RolloutRecord) -> StoreResult<bool> {
         Self::insert_new(
             &self.rollouts,
-            record.rollout_id.as_bytes(),
+            record.id().as_bytes(),
             record.encode_to_vec(),
         )
     }
 
-    fn rollout(&self, id: &str) -> StoreResult<Option<RolloutRecord>> {
-        self.rollouts
-            .get(id.as_bytes())?
-            .map(|v| decode(&v, "rollout"))
-            .transpose()
-    }
-
-    fn update_rollout(
-        &self,
-        id: &str,
-        f: &mut dyn FnMut(&mut RolloutRecord) -> bool,
-    ) -> StoreResult<Option<RolloutRecord>> {
-        Self::update_record(&self.rollouts, id.as_bytes(), "rollout", f)
-    }
-
     fn list_rollouts(&self) -> StoreResult<Vec<RolloutRecord>> {
         Self::all(&self.rollouts, "rollout")
+    }
+
+    fn save_rollout(
+        &self,
+        rollout: &str,
+        record: Option<&RolloutRecord>,
+        devices: &[(DeviceId, RolloutDeviceRecord)],
+    ) -> StoreResult<()> {
+        use sled::Transactional as _;
+        let mut batch = sled::Batch::default();
+        for (id, rec) in devices {
+            batch.insert(
+                pair_key(rollout, id.as_str().as_bytes()),
+                rec.encode_to_vec(),
+            );
+        }
+        match record {
+            None => self.rollout_devices.apply_batch(batch)?,
+            Some(record) => {
+                let value = record.encode_to_vec();
+                (&self.rollouts, &self.rollout_devices).transaction(|(r, d)| {
+                    r.insert(rollout.as_bytes(), value.as_slice())?;
+                    d.apply_batch(&batch)?;
+                    Ok::<_, sled::transaction::ConflictableTransactionError<StoreError>>(())
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn rollout_devices(&self, rollout: &str) -> StoreResult<Vec<(DeviceId, RolloutDeviceRecord)>> {
+        let prefix = pair_key(rollout, &[]);
+        self.rollout_devices
+            .scan_prefix(&prefix)
+            .map(|item| {
+                let (k, v) = item?;
+                let id = std::str::from_utf8(&k[prefix.len()..])
+                    .ok()
+                    .and_then(|s| DeviceId::new(s).ok())
+                    .ok_or(StoreError::Corrupt("rollout device key"))?;
+                Ok((id, decode(&v, "rollout device")?))
+            })
+            .collect()
     }
 
     fn put_directive(&self, record: &DirectiveRecord) -> StoreResult<()> {
@@ -563,8 +690,24 @@ impl Store for SledStore {
     }
 
     fn flush(&self) -> FlushFuture<'_> {
+        use std::sync::atomic::Ordering::SeqCst;
         Box::pin(async move {
-            self.db.flush_async().await?;
+            // Writes made before this ticket precede any flush that starts after it.
+            let ticket = self.flush_requested.fetch_add(1, SeqCst) + 1;
+            let _guard = self.flush_lock.lock().await;
+            if self.flush_done.load(SeqCst) >= ticket {
+                return Ok(());
+            }
+            let covered = self.flush_requested.load(SeqCst);
+            let db = self.db.clone();
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => rt
+                    .spawn_blocking(move || db.flush())
+                    .await
+                    .map_err(|e| StoreError::Backend(format!("flush task: {e}")))??,
+                Err(_) => db.flush()?,
+            };
+            self.flush_done.fetch_max(covered, SeqCst);
             Ok(())
         })
     }

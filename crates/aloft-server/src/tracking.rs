@@ -16,17 +16,11 @@ use std::sync::Arc;
 use aloft_protocol::{DeviceId, ReleaseId, pb};
 use tokio::sync::broadcast;
 
+use crate::clock::Clock;
+use crate::rollouts::RolloutEvent;
 use crate::store::{DeviceRecord, ReportId, Store, StoreError};
 
 use pb::DeviceStatus as S;
-
-/// Unix seconds now.
-pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 fn rank(status: i32) -> u8 {
     match S::try_from(status).unwrap_or(S::Unspecified) {
@@ -54,15 +48,26 @@ pub enum ReportOutcome {
 pub struct Tracker {
     store: Arc<dyn Store>,
     events: broadcast::Sender<pb::Event>,
+    clock: Arc<dyn Clock>,
 }
 
 impl Tracker {
-    /// Over `store`, with a live event channel of `capacity`.
-    pub fn new(store: Arc<dyn Store>, capacity: usize) -> Self {
+    /// Over `store`, with a live event channel of `capacity`, timed by `clock`.
+    pub fn new(store: Arc<dyn Store>, capacity: usize, clock: Arc<dyn Clock>) -> Self {
         Self {
             store,
             events: broadcast::channel(capacity).0,
+            clock,
         }
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.now().0
+    }
+
+    /// Stores and publishes a rollout's event. The caller flushes.
+    pub fn rollout_event(&self, e: &RolloutEvent) -> Result<(), StoreError> {
+        self.event(&e.device, &e.release, &e.rollout, e.kind, e.detail.clone())
     }
 
     /// Subscribes to live events.
@@ -81,7 +86,7 @@ impl Tracker {
     ) -> Result<(), StoreError> {
         let mut event = pb::Event {
             seq: 0,
-            time: now(),
+            time: self.now(),
             device_id: device.to_owned(),
             rollout_id: rollout.to_owned(),
             release_id: release.to_owned(),
@@ -99,7 +104,7 @@ impl Tracker {
         id: &DeviceId,
         state: Option<&pb::DeviceState>,
     ) -> Result<Option<DeviceRecord>, StoreError> {
-        let seen = now();
+        let seen = self.now();
         self.store.update_device(id, &mut |d| {
             d.last_seen = seen;
             if let Some(s) = state {
@@ -115,11 +120,20 @@ impl Tracker {
         })
     }
 
-    /// Marks `release` offered to the device (unless its status for that
-    /// release is already further along).
-    pub fn offered(&self, id: &DeviceId, release: &ReleaseId) -> Result<(), StoreError> {
+    /// Marks `release` offered to the device: always for a `fresh` offer (a
+    /// retry after a failure starts over), otherwise unless its status for
+    /// that release is already further along.
+    pub fn offered(
+        &self,
+        id: &DeviceId,
+        release: &ReleaseId,
+        fresh: bool,
+    ) -> Result<(), StoreError> {
         self.store.update_device(id, &mut |d| {
-            if d.release_id == release.as_str() && rank(d.status) >= rank(S::Offered as i32) {
+            if !fresh
+                && d.release_id == release.as_str()
+                && rank(d.status) >= rank(S::Offered as i32)
+            {
                 return false;
             }
             d.release_id = release.as_str().to_owned();
@@ -130,9 +144,14 @@ impl Tracker {
         Ok(())
     }
 
-    /// Applies one report (see the module docs). The caller flushes, then
-    /// acknowledges.
-    pub fn report(&self, id: &DeviceId, report: &pb::Report) -> Result<ReportOutcome, ReportError> {
+    /// Applies one report (see the module docs) and records its event with
+    /// `rollout`'s id. The caller flushes, then acknowledges.
+    pub fn report(
+        &self,
+        id: &DeviceId,
+        report: &pb::Report,
+        rollout: &str,
+    ) -> Result<ReportOutcome, ReportError> {
         let report_id = ReportId::new(&report.report_id).ok_or(ReportError::BadId)?;
         let kind = pb::ReportKind::try_from(report.kind).unwrap_or(pb::ReportKind::Unspecified);
         let (target, name) = match kind {
@@ -174,7 +193,7 @@ impl Tracker {
         } else {
             format!("stale report, status unchanged: {}", report.detail)
         };
-        self.event(id.as_str(), release.as_str(), "", name, detail)?;
+        self.event(id.as_str(), release.as_str(), rollout, name, detail)?;
         self.store.mark_report(id, &report_id)?;
         Ok(if applied {
             ReportOutcome::Applied

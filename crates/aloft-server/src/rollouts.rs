@@ -1,0 +1,808 @@
+//! The server side of rollouts: `aloft-rollout`'s engine over the store.
+//!
+//! Every rollout lives in memory as an [`aloft_rollout::Rollout`] (rebuilt
+//! from the store at start) and in the store as one [`RolloutRecord`] (its
+//! definition and progress) plus one [`RolloutDeviceRecord`] per device that
+//! checked in or was controlled. Each operation changes the engine under one
+//! lock and writes exactly the records it changed (a check-in writes at most
+//! one small device record per rollout it consulted) before the lock is
+//! released, so the store always holds the order the engine saw. Callers
+//! flush before they acknowledge anything.
+//!
+//! A check-in never scans devices: each rollout's decision is a lookup of
+//! the device's record, a selector evaluation and a hash.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use aloft_protocol::{DeviceId, ReleaseId, UnixTime, Version, pb};
+use aloft_rollout::rollout::{DeviceOutcome, DeviceRecord as EngineDevice, Transition};
+use aloft_rollout::{
+    Decision, DeviceView, GlobalLoad, NotYetReason, Report, Rollout, RolloutProgress, RolloutSpec,
+    RolloutState, Stage,
+};
+
+use crate::store::{
+    DeviceRecord, ReleaseRecord, RolloutDeviceRecord, RolloutRecord, Store, StoreError,
+};
+
+/// Server-wide rollout settings.
+#[derive(Clone, Debug)]
+pub struct RolloutSettings {
+    /// Devices offered and not finished across all rollouts (0 = no cap).
+    pub max_concurrent_downloads: u32,
+    /// An offer with no report for this long is withdrawn (0 = never).
+    pub offer_timeout_secs: u64,
+    /// Suggested check-in interval for waiting devices.
+    pub check_in_secs: u64,
+    /// Suggested wait for devices held back by a pacing cap.
+    pub pacing_retry_secs: u64,
+    /// Largest per-device jitter added to suggested check-ins.
+    pub jitter_secs: u64,
+}
+
+impl Default for RolloutSettings {
+    fn default() -> Self {
+        Self {
+            max_concurrent_downloads: 0,
+            offer_timeout_secs: 24 * 3600,
+            check_in_secs: aloft_rollout::rollout::DEFAULT_CHECK_IN_SECS,
+            pacing_retry_secs: aloft_rollout::rollout::DEFAULT_PACING_RETRY_SECS,
+            jitter_secs: aloft_rollout::rollout::DEFAULT_JITTER_SECS,
+        }
+    }
+}
+
+/// Why a rollout operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    /// No rollout with this id.
+    #[error("no rollout {0:?}")]
+    UnknownRollout(String),
+    /// No device with this id is registered.
+    #[error("no device {0}")]
+    UnknownDevice(String),
+    /// The device has no record in the rollout (it never checked in).
+    #[error("device {device} is not part of rollout {rollout} (it has not checked in)")]
+    NotInRollout {
+        /// The rollout.
+        rollout: String,
+        /// The device.
+        device: String,
+    },
+    /// No release with this id.
+    #[error("no release {0}: upload it first")]
+    UnknownRelease(String),
+    /// A rollout with this id exists.
+    #[error("rollout {0} already exists")]
+    Exists(String),
+    /// The selector does not parse.
+    #[error("invalid selector: {0}")]
+    Selector(aloft_rollout::ParseError),
+    /// The action does not apply in the rollout's state.
+    #[error("{}", refusal(.rollout, .action, .state))]
+    WrongState {
+        /// The rollout.
+        rollout: String,
+        /// The refused action.
+        action: &'static str,
+        /// Its state.
+        state: &'static str,
+    },
+    /// The request breaks a rollout rule (stages, window, id, ...).
+    #[error("{0}")]
+    Invalid(aloft_rollout::Error),
+    /// A stored rollout does not rebuild.
+    #[error("stored rollout {0} is corrupt: {1}")]
+    Corrupt(String, aloft_rollout::Error),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn refusal(rollout: &str, action: &str, state: &str) -> String {
+    if matches!(state, "cancelled" | "completed") {
+        format!("cannot {action} rollout {rollout}: it has ended ({state})")
+    } else {
+        format!("cannot {action} rollout {rollout}: it is {state}")
+    }
+}
+
+impl RolloutError {
+    fn engine(rollout: &str, e: aloft_rollout::Error) -> Self {
+        match e {
+            aloft_rollout::Error::Selector(p) => Self::Selector(p),
+            aloft_rollout::Error::InvalidState { action, state } => Self::WrongState {
+                rollout: rollout.to_owned(),
+                action,
+                state,
+            },
+            aloft_rollout::Error::UnknownDevice(device) => Self::NotInRollout {
+                rollout: rollout.to_owned(),
+                device,
+            },
+            e => Self::Invalid(e),
+        }
+    }
+}
+
+impl From<RolloutError> for tonic::Status {
+    fn from(e: RolloutError) -> Self {
+        let m = e.to_string();
+        match e {
+            RolloutError::UnknownRollout(_)
+            | RolloutError::UnknownDevice(_)
+            | RolloutError::NotInRollout { .. }
+            | RolloutError::UnknownRelease(_) => tonic::Status::not_found(m),
+            RolloutError::Exists(_) => tonic::Status::already_exists(m),
+            RolloutError::Selector(_) | RolloutError::Invalid(_) => {
+                tonic::Status::invalid_argument(m)
+            }
+            RolloutError::WrongState { .. } => tonic::Status::failed_precondition(m),
+            RolloutError::Corrupt(..) => tonic::Status::internal(m),
+            RolloutError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// What a check-in gets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CheckIn {
+    /// Offer `release` of `rollout`. `fresh` when this check-in took a new
+    /// pacing slot (not a re-send to a device already downloading).
+    Offer {
+        /// The release.
+        release: ReleaseId,
+        /// The rollout.
+        rollout: String,
+        /// A new offer rather than a re-send.
+        fresh: bool,
+    },
+    /// Nothing now; check in again at this time.
+    Later(UnixTime),
+    /// No rollout has anything for the device.
+    Nothing,
+}
+
+/// Something that happened to a rollout, for the event history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RolloutEvent {
+    /// The rollout.
+    pub rollout: String,
+    /// Its release.
+    pub release: String,
+    /// The device concerned, if any.
+    pub device: String,
+    /// Event kind, e.g. `stage_advanced`, `rollout_paused`.
+    pub kind: &'static str,
+    /// Detail, e.g. the pause reason.
+    pub detail: String,
+}
+
+struct Entry {
+    rollout: Rollout,
+    /// The stored definition (kept to rewrite the record with new progress).
+    record: RolloutRecord,
+    product: String,
+    hardware: Vec<String>,
+}
+
+impl Entry {
+    fn id(&self) -> &str {
+        self.rollout.spec().id.as_str()
+    }
+
+    fn release(&self) -> &str {
+        self.rollout.spec().release.as_str()
+    }
+
+    /// The rollout record with the engine's current progress.
+    fn snapshot(&mut self) -> &RolloutRecord {
+        let p = self.rollout.progress();
+        let r = &mut self.record;
+        (r.state, r.pause_reason) = match p.state {
+            RolloutState::Active => (pb::RolloutState::Active as i32, String::new()),
+            RolloutState::Paused { reason } => (pb::RolloutState::Paused as i32, reason),
+            RolloutState::Cancelled => (pb::RolloutState::Cancelled as i32, String::new()),
+            RolloutState::Completed => (pb::RolloutState::Completed as i32, String::new()),
+        };
+        r.current_stage = u32::try_from(p.current_stage).unwrap_or(u32::MAX);
+        r.created_at = p.created_at.0;
+        r.stage_started_at = p.stage_started_at.0;
+        r.acknowledged = p.acknowledged;
+        &self.record
+    }
+
+    fn device(&self, id: &DeviceId) -> Option<EngineDevice> {
+        self.rollout.device(id).cloned()
+    }
+
+    fn compatible(&self, attrs: &pb::DeviceAttributes) -> bool {
+        self.product == attrs.product && self.hardware.contains(&attrs.hardware)
+    }
+}
+
+fn outcome_code(o: DeviceOutcome) -> u32 {
+    match o {
+        DeviceOutcome::Pending => 0,
+        DeviceOutcome::Offered => 1,
+        DeviceOutcome::Installed => 2,
+        DeviceOutcome::Updated => 3,
+        DeviceOutcome::Failed => 4,
+        DeviceOutcome::RolledBack => 5,
+        DeviceOutcome::Silent => 6,
+        DeviceOutcome::Excluded => 7,
+    }
+}
+
+fn outcome_from(code: u32) -> Option<DeviceOutcome> {
+    Some(match code {
+        0 => DeviceOutcome::Pending,
+        1 => DeviceOutcome::Offered,
+        2 => DeviceOutcome::Installed,
+        3 => DeviceOutcome::Updated,
+        4 => DeviceOutcome::Failed,
+        5 => DeviceOutcome::RolledBack,
+        6 => DeviceOutcome::Silent,
+        7 => DeviceOutcome::Excluded,
+        _ => return None,
+    })
+}
+
+fn to_stored(r: &EngineDevice) -> RolloutDeviceRecord {
+    RolloutDeviceRecord {
+        outcome: outcome_code(r.outcome),
+        stage: r
+            .stage
+            .map_or(0, |s| u32::try_from(s).unwrap_or(u32::MAX - 1) + 1),
+        forced: r.forced,
+        since: r.since.0,
+        offers: r.offers,
+        rollbacks: r.rollbacks,
+        failures: r.failures,
+        last_error: r.last_error.clone(),
+    }
+}
+
+fn from_stored(r: &RolloutDeviceRecord) -> Option<EngineDevice> {
+    Some(EngineDevice {
+        outcome: outcome_from(r.outcome)?,
+        stage: r.stage.checked_sub(1).map(|s| s as usize),
+        forced: r.forced,
+        since: UnixTime(r.since),
+        offers: r.offers,
+        rollbacks: r.rollbacks,
+        failures: r.failures,
+        last_error: r.last_error.clone(),
+    })
+}
+
+/// The stages a rollout without any gets: everyone at once.
+fn default_stages() -> Vec<pb::RolloutStage> {
+    vec![pb::RolloutStage {
+        name: "all".into(),
+        percent: 100,
+        test_devices_only: false,
+        soak_secs: 0,
+        min_sample: 0,
+        max_failure_permille: 1000,
+    }]
+}
+
+fn spec_of(record: &RolloutRecord) -> Result<RolloutSpec, aloft_rollout::Error> {
+    let req = record
+        .request
+        .as_ref()
+        .ok_or(aloft_rollout::Error::InvalidField("stored rollout request"))?;
+    let version = Version::parse(&record.target_version)
+        .map_err(|_| aloft_rollout::Error::InvalidField("target version"))?;
+    let mut spec = RolloutSpec::from_proto(req, version)?;
+    spec.offer_timeout_secs = record.offer_timeout_secs;
+    spec.check_in_secs = record.check_in_secs;
+    spec.pacing_retry_secs = record.pacing_retry_secs;
+    spec.jitter_secs = record.jitter_secs;
+    Ok(spec)
+}
+
+fn progress_of(record: &RolloutRecord) -> RolloutProgress {
+    let state = match pb::RolloutState::try_from(record.state) {
+        Ok(pb::RolloutState::Paused) => RolloutState::Paused {
+            reason: record.pause_reason.clone(),
+        },
+        Ok(pb::RolloutState::Cancelled) => RolloutState::Cancelled,
+        Ok(pb::RolloutState::Completed) => RolloutState::Completed,
+        _ => RolloutState::Active,
+    };
+    RolloutProgress {
+        state,
+        current_stage: record.current_stage as usize,
+        created_at: UnixTime(record.created_at),
+        stage_started_at: UnixTime(record.stage_started_at),
+        acknowledged: record.acknowledged,
+    }
+}
+
+/// What a device looks like to a rollout: its attributes and running version.
+pub fn device_view(device: &DeviceRecord, running: &str) -> Option<DeviceView> {
+    let attrs = device.attributes.clone().unwrap_or_default();
+    Some(DeviceView {
+        id: DeviceId::new(&device.device_id).ok()?,
+        product: attrs.product,
+        hardware: attrs.hardware,
+        version: Version::parse(running).ok()?,
+        region: attrs.region,
+        time_zone: attrs.time_zone,
+        tags: attrs.tags,
+        test: attrs.test_device,
+    })
+}
+
+/// All rollouts of the server; see the module docs.
+pub struct Rollouts {
+    store: Arc<dyn Store>,
+    settings: RolloutSettings,
+    inner: Mutex<BTreeMap<String, Entry>>,
+    /// Bumped when devices may have become eligible (created, resumed,
+    /// advanced, retried, forced): open sessions decide again.
+    nudge: tokio::sync::watch::Sender<u64>,
+}
+
+fn transition_event(e: &Entry, t: &Transition) -> RolloutEvent {
+    let (device, kind, detail) = match t {
+        Transition::Paused { reason } => (String::new(), "rollout_paused", reason.clone()),
+        Transition::Advanced { to } => (
+            String::new(),
+            "stage_advanced",
+            stage_label(e.rollout.spec().stages.get(*to), *to),
+        ),
+        Transition::Silent(id) => (
+            id.to_string(),
+            "device_silent",
+            "installed, then silent: counted as failed".into(),
+        ),
+        Transition::OfferExpired(id) => (
+            id.to_string(),
+            "offer_expired",
+            "no report in time: the offer was withdrawn".into(),
+        ),
+    };
+    RolloutEvent {
+        rollout: e.id().to_owned(),
+        release: e.release().to_owned(),
+        device,
+        kind,
+        detail,
+    }
+}
+
+fn stage_label(stage: Option<&Stage>, index: usize) -> String {
+    match stage {
+        Some(s) => format!("stage {index} ({})", s.name),
+        None => format!("stage {index}"),
+    }
+}
+
+impl Rollouts {
+    /// Rebuilds every rollout from `store`.
+    pub fn load(store: Arc<dyn Store>, settings: RolloutSettings) -> Result<Self, RolloutError> {
+        let mut map = BTreeMap::new();
+        for record in store.list_rollouts()? {
+            let id = record.id().to_owned();
+            let corrupt = |e| RolloutError::Corrupt(id.clone(), e);
+            let spec = spec_of(&record).map_err(corrupt)?;
+            let release = store.release(&spec.release)?.and_then(|r| r.info);
+            let (product, hardware) = release.map(|i| (i.product, i.hardware)).unwrap_or_default();
+            let mut devices = Vec::new();
+            for (device, stored) in store.rollout_devices(&id)? {
+                let rec =
+                    from_stored(&stored).ok_or(StoreError::Corrupt("rollout device outcome"))?;
+                devices.push((device, rec));
+            }
+            let rollout = Rollout::restore(spec, progress_of(&record), devices).map_err(corrupt)?;
+            map.insert(
+                id,
+                Entry {
+                    rollout,
+                    record,
+                    product,
+                    hardware,
+                },
+            );
+        }
+        Ok(Self {
+            store,
+            settings,
+            inner: Mutex::new(map),
+            nudge: tokio::sync::watch::channel(0).0,
+        })
+    }
+
+    /// Changes when devices may have become eligible; see [`Rollouts::nudge`].
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.nudge.subscribe()
+    }
+
+    /// Tells open sessions to decide again.
+    fn nudge(&self) {
+        self.nudge.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Validates and stores a new rollout.
+    pub fn create(
+        &self,
+        mut req: pb::CreateRolloutRequest,
+        release: &ReleaseRecord,
+        now: UnixTime,
+    ) -> Result<pb::RolloutInfo, RolloutError> {
+        let info = release.info.clone().unwrap_or_default();
+        let version = Version::parse(&info.version).map_err(|_| {
+            RolloutError::Invalid(aloft_rollout::Error::InvalidField("release version"))
+        })?;
+        if req.stages.is_empty() {
+            req.stages = default_stages();
+        }
+        let id = req.rollout_id.clone();
+        let mut spec =
+            RolloutSpec::from_proto(&req, version).map_err(|e| RolloutError::engine(&id, e))?;
+        let s = &self.settings;
+        spec.offer_timeout_secs = s.offer_timeout_secs;
+        spec.check_in_secs = s.check_in_secs;
+        spec.pacing_retry_secs = s.pacing_retry_secs;
+        spec.jitter_secs = s.jitter_secs;
+        let rollout =
+            Rollout::new(spec, now, req.start_paused).map_err(|e| RolloutError::engine(&id, e))?;
+        let mut entry = Entry {
+            rollout,
+            record: RolloutRecord {
+                request: Some(req),
+                target_version: version.to_string(),
+                offer_timeout_secs: s.offer_timeout_secs,
+                check_in_secs: s.check_in_secs,
+                pacing_retry_secs: s.pacing_retry_secs,
+                jitter_secs: s.jitter_secs,
+                ..Default::default()
+            },
+            product: info.product,
+            hardware: info.hardware,
+        };
+        let mut map = self.lock();
+        if map.contains_key(&id) || !self.store.insert_rollout(entry.snapshot())? {
+            return Err(RolloutError::Exists(id));
+        }
+        let out = entry.rollout.info();
+        map.insert(id, entry);
+        drop(map);
+        self.nudge();
+        Ok(out)
+    }
+
+    /// One rollout with live counts.
+    pub fn get(&self, id: &str) -> Result<pb::RolloutInfo, RolloutError> {
+        self.lock()
+            .get(id)
+            .map(|e| e.rollout.info())
+            .ok_or_else(|| RolloutError::UnknownRollout(id.to_owned()))
+    }
+
+    /// Every rollout, by id.
+    pub fn list(&self) -> Vec<pb::RolloutInfo> {
+        self.lock().values().map(|e| e.rollout.info()).collect()
+    }
+
+    /// Devices offered and not finished, over all rollouts not ended.
+    fn in_flight(map: &BTreeMap<String, Entry>) -> u32 {
+        map.values()
+            .filter(|e| {
+                matches!(
+                    e.rollout.state(),
+                    RolloutState::Active | RolloutState::Paused { .. }
+                )
+            })
+            .map(|e| e.rollout.in_flight())
+            .sum()
+    }
+
+    /// Decides what a device checking in at `now` gets. Rollouts whose release
+    /// fits the device (product, hardware, newer than `running`) are asked in
+    /// order of release version, newest first; the first offer wins. A
+    /// check-in writes only the device records it changed.
+    pub fn check_in(
+        &self,
+        device: &DeviceRecord,
+        running: &str,
+        now: UnixTime,
+    ) -> Result<CheckIn, RolloutError> {
+        let Some(view) = device_view(device, running) else {
+            return Ok(CheckIn::Nothing);
+        };
+        let attrs = device.attributes.clone().unwrap_or_default();
+        let mut map = self.lock();
+        let mut global = GlobalLoad {
+            in_flight: Self::in_flight(&map),
+            max: self.settings.max_concurrent_downloads,
+        };
+        let mut order: Vec<(Version, String)> = map
+            .values()
+            .filter(|e| e.compatible(&attrs) && e.rollout.spec().target_version > view.version)
+            .map(|e| (e.rollout.spec().target_version, e.id().to_owned()))
+            .collect();
+        order.sort_by(|a, b| b.cmp(a));
+        let mut later: Option<UnixTime> = None;
+        for (_, id) in order {
+            let Some(e) = map.get_mut(&id) else { continue };
+            let before = e.device(&view.id);
+            let decision = e.rollout.decide(&view, now, global);
+            let after = e.device(&view.id);
+            if after != before
+                && let Some(rec) = &after
+            {
+                self.store
+                    .save_rollout(&id, None, &[(view.id.clone(), to_stored(rec))])?;
+            }
+            match decision {
+                Decision::Offer { release } => {
+                    let fresh = before
+                        .as_ref()
+                        .is_none_or(|b| b.outcome != DeviceOutcome::Offered);
+                    return Ok(CheckIn::Offer {
+                        release,
+                        rollout: id,
+                        fresh,
+                    });
+                }
+                Decision::NotYet {
+                    reason:
+                        NotYetReason::Paused
+                        | NotYetReason::NotInStage
+                        | NotYetReason::OutsideWindow { .. }
+                        | NotYetReason::PacingCap,
+                    check_in_at,
+                } => {
+                    later = Some(later.map_or(check_in_at, |l| l.min(check_in_at)));
+                }
+                Decision::NotYet { .. } | Decision::None => {}
+            }
+            global.in_flight = Self::in_flight(&map);
+        }
+        Ok(later.map_or(CheckIn::Nothing, CheckIn::Later))
+    }
+
+    /// Feeds a device report about a release of `rollout` to the engine.
+    /// Reports from devices the rollout has no record of are ignored.
+    pub fn report(
+        &self,
+        rollout: &str,
+        device: &DeviceId,
+        report: Report,
+        now: UnixTime,
+    ) -> Result<Vec<RolloutEvent>, RolloutError> {
+        let mut map = self.lock();
+        let Some(e) = map.get_mut(rollout) else {
+            return Ok(Vec::new());
+        };
+        let before = e.rollout.progress();
+        let transitions = match e.rollout.report(device, report, now) {
+            Ok(t) => t,
+            Err(aloft_rollout::Error::UnknownDevice(_)) => return Ok(Vec::new()),
+            Err(err) => return Err(RolloutError::engine(rollout, err)),
+        };
+        self.persist(e, before, vec![device.clone()])?;
+        Ok(transitions.iter().map(|t| transition_event(e, t)).collect())
+    }
+
+    /// Writes the rollout record when its progress changed, and `devices`' records.
+    fn persist(
+        &self,
+        e: &mut Entry,
+        before: RolloutProgress,
+        devices: Vec<DeviceId>,
+    ) -> Result<(), StoreError> {
+        let records: Vec<_> = devices
+            .into_iter()
+            .filter_map(|id| e.device(&id).map(|r| (id, to_stored(&r))))
+            .collect();
+        let changed = e.rollout.progress() != before;
+        let id = e.id().to_owned();
+        let record = changed.then(|| e.snapshot().clone());
+        if record.is_some() || !records.is_empty() {
+            self.store.save_rollout(&id, record.as_ref(), &records)?;
+        }
+        Ok(())
+    }
+
+    /// Advances time for every rollout (silent devices, expired offers, the
+    /// health gate, stage advance) and persists what changed.
+    pub fn tick(&self, now: UnixTime) -> Result<Vec<RolloutEvent>, RolloutError> {
+        let mut map = self.lock();
+        let mut events = Vec::new();
+        for e in map.values_mut() {
+            if !matches!(
+                e.rollout.state(),
+                RolloutState::Active | RolloutState::Paused { .. }
+            ) {
+                continue;
+            }
+            let before = e.rollout.progress();
+            let transitions = e.rollout.tick(now);
+            if transitions.is_empty() {
+                continue;
+            }
+            let devices = transitions
+                .iter()
+                .filter_map(|t| match t {
+                    Transition::Silent(id) | Transition::OfferExpired(id) => Some(id.clone()),
+                    _ => None,
+                })
+                .collect();
+            self.persist(e, before, devices)?;
+            events.extend(transitions.iter().map(|t| transition_event(e, t)));
+        }
+        drop(map);
+        if events.iter().any(|e| e.kind == "stage_advanced") {
+            self.nudge();
+        }
+        Ok(events)
+    }
+
+    /// An operator action on a rollout.
+    pub fn control(
+        &self,
+        id: &str,
+        action: pb::RolloutAction,
+        reason: &str,
+        now: UnixTime,
+    ) -> Result<(pb::RolloutInfo, Vec<RolloutEvent>), RolloutError> {
+        use pb::RolloutAction as A;
+        let mut map = self.lock();
+        let e = map
+            .get_mut(id)
+            .ok_or_else(|| RolloutError::UnknownRollout(id.to_owned()))?;
+        let before = e.rollout.progress();
+        let mut devices = Vec::new();
+        let engine =
+            |r: Result<(), aloft_rollout::Error>| r.map_err(|x| RolloutError::engine(id, x));
+        let (kind, detail) = match action {
+            A::Pause => {
+                engine(e.rollout.pause(reason))?;
+                let reason = match e.rollout.state() {
+                    RolloutState::Paused { reason } => reason.clone(),
+                    _ => String::new(),
+                };
+                ("rollout_paused", reason)
+            }
+            A::Resume => {
+                engine(e.rollout.resume())?;
+                ("rollout_resumed", reason.to_owned())
+            }
+            A::Cancel => {
+                engine(e.rollout.cancel())?;
+                ("rollout_cancelled", reason.to_owned())
+            }
+            A::Advance => {
+                engine(e.rollout.advance(now))?;
+                if *e.rollout.state() == RolloutState::Completed {
+                    ("rollout_completed", "advanced past the last stage".into())
+                } else {
+                    let to = e.rollout.current_stage();
+                    (
+                        "stage_advanced",
+                        format!(
+                            "{} by operator",
+                            stage_label(e.rollout.spec().stages.get(to), to)
+                        ),
+                    )
+                }
+            }
+            A::RetryFailed => {
+                if !matches!(
+                    e.rollout.state(),
+                    RolloutState::Active | RolloutState::Paused { .. }
+                ) {
+                    return Err(RolloutError::WrongState {
+                        rollout: id.to_owned(),
+                        action: "retry failed devices of",
+                        state: e.rollout.state().name(),
+                    });
+                }
+                devices = e
+                    .rollout
+                    .devices()
+                    .filter(|(_, r)| r.outcome.is_failure())
+                    .map(|(d, _)| d.clone())
+                    .collect();
+                let n = e.rollout.retry_failed(now);
+                ("retry_failed", format!("{n} devices back to pending"))
+            }
+            A::Unspecified => {
+                return Err(RolloutError::Invalid(aloft_rollout::Error::InvalidField(
+                    "rollout action (pause, resume, cancel, advance or retry-failed)",
+                )));
+            }
+        };
+        self.persist(e, before, devices)?;
+        let event = RolloutEvent {
+            rollout: id.to_owned(),
+            release: e.release().to_owned(),
+            device: String::new(),
+            kind,
+            detail,
+        };
+        let info = e.rollout.info();
+        drop(map);
+        if matches!(action, A::Resume | A::Advance | A::RetryFailed) {
+            self.nudge();
+        }
+        Ok((info, vec![event]))
+    }
+
+    /// An operator action on one device of a rollout. The caller checks that
+    /// the device is registered.
+    pub fn control_device(
+        &self,
+        id: &str,
+        device: &DeviceId,
+        action: pb::DeviceAction,
+        now: UnixTime,
+    ) -> Result<(pb::RolloutInfo, RolloutEvent), RolloutError> {
+        use pb::DeviceAction as A;
+        let mut map = self.lock();
+        let e = map
+            .get_mut(id)
+            .ok_or_else(|| RolloutError::UnknownRollout(id.to_owned()))?;
+        if matches!(
+            e.rollout.state(),
+            RolloutState::Cancelled | RolloutState::Completed
+        ) {
+            let action = match action {
+                A::Exclude => "exclude a device of",
+                A::Force => "force a device of",
+                _ => "retry a device of",
+            };
+            return Err(RolloutError::WrongState {
+                rollout: id.to_owned(),
+                action,
+                state: e.rollout.state().name(),
+            });
+        }
+        let before = e.rollout.progress();
+        let kind = match action {
+            A::Exclude => {
+                e.rollout.exclude(device, now);
+                "device_excluded"
+            }
+            A::Force => {
+                e.rollout.force(device, now);
+                "device_forced"
+            }
+            A::Retry => {
+                e.rollout
+                    .retry(device, now)
+                    .map_err(|x| RolloutError::engine(id, x))?;
+                "device_retried"
+            }
+            A::Unspecified => {
+                return Err(RolloutError::Invalid(aloft_rollout::Error::InvalidField(
+                    "device action (exclude, force or retry)",
+                )));
+            }
+        };
+        self.persist(e, before, vec![device.clone()])?;
+        let event = RolloutEvent {
+            rollout: id.to_owned(),
+            release: e.release().to_owned(),
+            device: device.to_string(),
+            kind,
+            detail: String::new(),
+        };
+        let info = e.rollout.info();
+        drop(map);
+        if matches!(action, A::Force | A::Retry) {
+            self.nudge();
+        }
+        Ok((info, event))
+    }
+}
