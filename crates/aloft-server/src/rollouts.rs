@@ -165,6 +165,12 @@ pub enum CheckIn {
 }
 
 /// Something that happened to a rollout, for the event history.
+///
+/// Kinds: `rollout_state` (operator pause, resume or cancel; detail e.g.
+/// `paused: REASON`), `rollout_paused` (the health gate; detail = the
+/// reason), `stage_advanced`, `rollout_completed`, `retry_failed`,
+/// `device_silent`, `offer_expired`, `device_excluded`, `device_forced`,
+/// `device_retried`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RolloutEvent {
     /// The rollout.
@@ -372,6 +378,14 @@ fn transition_event(e: &Entry, t: &Transition) -> RolloutEvent {
         device,
         kind,
         detail,
+    }
+}
+
+fn with_reason(what: &str, reason: &str) -> String {
+    if reason.is_empty() {
+        what.to_owned()
+    } else {
+        format!("{what}: {reason}")
     }
 }
 
@@ -672,15 +686,15 @@ impl Rollouts {
                     RolloutState::Paused { reason } => reason.clone(),
                     _ => String::new(),
                 };
-                ("rollout_paused", reason)
+                ("rollout_state", format!("paused: {reason}"))
             }
             A::Resume => {
                 engine(e.rollout.resume())?;
-                ("rollout_resumed", reason.to_owned())
+                ("rollout_state", with_reason("resumed", reason))
             }
             A::Cancel => {
                 engine(e.rollout.cancel())?;
-                ("rollout_cancelled", reason.to_owned())
+                ("rollout_state", with_reason("cancelled", reason))
             }
             A::Advance => {
                 engine(e.rollout.advance(now))?;
