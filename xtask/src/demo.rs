@@ -544,7 +544,9 @@ impl Demo {
         loop {
             self.check_alive()?;
             let devices = self.devices()?;
-            let mut line = fleet_line(&devices);
+            // Devices end their session at every check-in (every 2 s here),
+            // so "online" only means something before a rollout starts.
+            let mut line = fleet_line(&devices, rollout.is_none());
             if let Some(id) = rollout {
                 line = format!("{} | {line}", rollout_line(&self.rollout(id)?));
             }
@@ -580,8 +582,9 @@ fn fleet(n: u32) -> Vec<Device> {
         .collect()
 }
 
-/// `versions 1.0.0×3 1.1.0×5 · updated 5 · online 8/8`.
-fn fleet_line(devices: &BTreeMap<String, Value>) -> String {
+/// `fleet: 1.0.0×3 1.1.0×5 · updated 5 · online 8/8` (the last part only
+/// with `online`).
+fn fleet_line(devices: &BTreeMap<String, Value>, show_online: bool) -> String {
     let mut versions: BTreeMap<String, u32> = BTreeMap::new();
     let mut statuses: BTreeMap<String, u32> = BTreeMap::new();
     let mut online = 0;
@@ -601,7 +604,9 @@ fn fleet_line(devices: &BTreeMap<String, Value>) -> String {
     for (s, n) in &statuses {
         let _ = write!(line, " {s} {n}");
     }
-    let _ = write!(line, " · online {online}/{}", devices.len());
+    if show_online {
+        let _ = write!(line, " · online {online}/{}", devices.len());
+    }
     line
 }
 

@@ -62,9 +62,10 @@
 //!   abandons the install through the core, which queues a durable report.
 //! - **Reports leave flash only when acknowledged** by `ReportAck`; report
 //!   ids are stable, so a re-send after a lost ack is recorded once.
-//! - **A network failure mid-download loses at most a sector**: the core
-//!   persists the resume chunk at sector boundaries; the next session's
-//!   offer (a new directive echoing the new nonce) resumes there.
+//! - **A network failure mid-download repeats little**: the core persists
+//!   the resume chunk every progress interval (at most 64 KiB by default);
+//!   the next session's offer (a new directive echoing the new nonce)
+//!   resumes there.
 //! - **One connection per session**: each check-in connects, authenticates
 //!   and stays up for the server's check-in period; downloads share the
 //!   session's HTTP/2 connection. Offers only come with a hello, so a new
