@@ -62,9 +62,7 @@ fn nginx_binary() -> anyhow::Result<String> {
             return Ok(p.into());
         }
     }
-    println!(
-        "  nginx is missing: installing it (apt-get update; apt-get install -y nginx)"
-    );
+    println!("  nginx is missing: installing it (apt-get update; apt-get install -y nginx)");
     let root = Command::new("id")
         .arg("-u")
         .output()
@@ -227,6 +225,34 @@ async fn aloft_round(
     Ok(total as f64 / t.elapsed().as_secs_f64())
 }
 
+/// `pid` and its child processes (nginx's master and workers).
+fn with_children(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(pid) {
+                out.push(child);
+            }
+        }
+    }
+    out
+}
+
+/// CPU seconds used so far by `pids` together.
+fn cpu_of(pids: &[u32]) -> f64 {
+    pids.iter()
+        .map(|&p| server::cpu_seconds(p).unwrap_or(0.0))
+        .sum()
+}
+
 async fn run(ctx: &Ctx) -> anyhow::Result<BenchResult> {
     let mut r = BenchResult::new(
         "download-throughput",
@@ -269,19 +295,30 @@ async fn run(ctx: &Ctx) -> anyhow::Result<BenchResult> {
         .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string())
         .unwrap_or_default();
 
+    let nginx_pids = with_children(nginx.0.id());
     let mut aloft = Vec::new();
     let mut ng = Vec::new();
+    let mut aloft_cpu = Vec::new();
+    let mut ng_cpu = Vec::new();
     for round in 0..rounds {
         // A fresh set of devices each round (each downloads once).
         let creds = srv.register(&format!("dl{round}-"), CLIENTS).await?;
+        let c0 = srv.cpu_seconds()?;
         let a = aloft_round(&srv, &creds, &release.id, len)
             .await
             .context("aloft round")?;
+        // Bytes per server CPU-second (the check-ins before the download
+        // included: a few milliseconds).
+        aloft_cpu.push((CLIENTS as u64 * len) as f64 / (srv.cpu_seconds()? - c0).max(1e-9));
+        let c0 = cpu_of(&nginx_pids);
         let n = nginx_round(nginx_addr, len).await.context("nginx round")?;
+        ng_cpu.push((CLIENTS as u64 * len) as f64 / (cpu_of(&nginx_pids) - c0).max(1e-9));
         println!(
-            "  round {round}: aloft-server {} nginx {}",
+            "  round {round}: aloft-server {} ({} per CPU-second), nginx {} ({} per CPU-second)",
             mib_s(a),
-            mib_s(n)
+            mib_s(aloft_cpu[round]),
+            mib_s(n),
+            mib_s(ng_cpu[round])
         );
         aloft.push(a);
         ng.push(n);
@@ -305,6 +342,11 @@ async fn run(ctx: &Ctx) -> anyhow::Result<BenchResult> {
     let a = median(&aloft);
     let n = median(&ng);
     let ratio = a / n;
+    let (a_cpu, n_cpu) = (median(&aloft_cpu), median(&ng_cpu));
+    r.samples("aloft_bytes_per_cpu_s", &aloft_cpu);
+    r.samples("nginx_bytes_per_cpu_s", &ng_cpu);
+    r.figure("aloft_bytes_per_cpu_s", a_cpu);
+    r.figure("nginx_bytes_per_cpu_s", n_cpu);
     r.samples("aloft_bytes_per_s", &aloft);
     r.samples("nginx_bytes_per_s", &ng);
     r.figure("aloft_bytes_per_s", a);
@@ -318,18 +360,29 @@ async fn run(ctx: &Ctx) -> anyhow::Result<BenchResult> {
             len as f64 / 1048576.0,
             chunk / 1024
         ),
-        &["server", "aggregate", "per client", "vs nginx"],
+        &[
+            "server",
+            "aggregate",
+            "per client",
+            "vs nginx",
+            "per server CPU-second",
+            "vs nginx",
+        ],
     );
     t.row(&[
         "aloft-server (gRPC Download over TLS 1.3, session-token authorised)".to_string(),
         mib_s(a),
         mib_s(a / CLIENTS as f64),
         format!("{ratio:.2}"),
+        mib_s(a_cpu),
+        format!("{:.2}", a_cpu / n_cpu),
     ]);
     t.row(&[
         format!("{version} (HTTP/1.1, plaintext, sendfile)"),
         mib_s(n),
         mib_s(n / CLIENTS as f64),
+        "1.00".into(),
+        mib_s(n_cpu),
         "1.00".into(),
     ]);
     r.tables.push(t);
@@ -338,6 +391,17 @@ async fn run(ctx: &Ctx) -> anyhow::Result<BenchResult> {
         ">= 0.70",
         format!("{ratio:.2} ({} vs {})", mib_s(a), mib_s(n)),
         Some(ratio >= 0.7),
+    );
+    r.goal(
+        "same, bytes served per server CPU-second (independent of the clients' share)",
+        "(reference)",
+        format!(
+            "{:.2} ({} vs {})",
+            a_cpu / n_cpu,
+            mib_s(a_cpu),
+            mib_s(n_cpu)
+        ),
+        None,
     );
     r.note(
         "Both servers and all clients share this machine's cores. nginx serves the file \
