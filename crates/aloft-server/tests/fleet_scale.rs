@@ -24,7 +24,7 @@ fn device(i: u32) -> pb::DeviceInfo {
             hardware: "rev-a".into(),
             region: REGIONS[(i % 4) as usize].into(),
             time_zone: "Europe/Berlin".into(),
-            tags: if i % 10 == 0 {
+            tags: if i.is_multiple_of(10) {
                 vec!["lab".into()]
             } else {
                 vec![]
