@@ -68,8 +68,8 @@
 //!   resumes there.
 //! - **One connection per session**: each check-in connects, authenticates
 //!   and stays up for the server's check-in period; downloads share the
-//!   session's HTTP/2 connection. Offers only come with a hello, so a new
-//!   session is how a device learns of a new rollout.
+//!   session's HTTP/2 connection. Offers come with a hello or, when a
+//!   rollout starts or advances, on the open session's stream.
 #![forbid(unsafe_code)]
 
 mod agent;
