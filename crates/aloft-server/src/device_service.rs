@@ -10,6 +10,7 @@ use aloft_protocol::limits::MAX_REPORTS_PER_HELLO;
 use aloft_protocol::pb::device_message::Body;
 use aloft_protocol::pb::server_to_device::Kind;
 use aloft_protocol::pb::{self, device_service_server::DeviceService};
+use aloft_protocol::ring_verify::RingPublicKey;
 use aloft_protocol::{DeviceId, DeviceNonce, Digest, PublicKey, ReleaseId, wrap};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -69,7 +70,9 @@ fn authenticate(
     }
     let key = PublicKey::from_sec1(&record.public_key)
         .map_err(|_| Status::internal("registered device key does not parse"))?;
-    let opened = device_msg::open(&signed, &key, challenge, 1).map_err(|e| {
+    // ring verifies about 5x faster than p256 and accepts exactly the same
+    // signatures (aloft-protocol's differential test); devices keep p256.
+    let opened = device_msg::open(&signed, &RingPublicKey::new(&key), challenge, 1).map_err(|e| {
         Status::unauthenticated(format!(
             "device authentication failed for {id}: {e} (the hello must be signed by the registered key over this session's challenge, seq 1)"
         ))
@@ -270,6 +273,7 @@ async fn session(
         Ok(Ok(Some(first))) => first,
     };
     let (_, id, key, hello) = authenticate(shared, first, &challenge)?;
+    let verifier = RingPublicKey::new(&key);
     let nonce = DeviceNonce::from_slice(&hello.device_nonce).map_err(|_| {
         Status::invalid_argument(format!(
             "hello refused: device nonce must be {} bytes",
@@ -336,7 +340,7 @@ async fn session(
                 let signed = next.signed.ok_or_else(|| {
                     Status::invalid_argument("device message carries no signed payload")
                 })?;
-                let opened = device_msg::open(&signed, &key, &challenge, expected_seq).map_err(|e| {
+                let opened = device_msg::open(&signed, &verifier, &challenge, expected_seq).map_err(|e| {
                     Status::unauthenticated(format!(
                         "device message refused: {e} (expected seq {expected_seq}, this session's challenge, the device's key)"
                     ))

@@ -219,7 +219,7 @@ fn run(ctx: &Ctx) -> anyhow::Result<BenchResult> {
     );
     r.note(
         "The ring verifier accepts exactly the signatures the p256 one accepts (differential \
-         test: crates/aloft-protocol/tests/ring_verify.rs); it is not wired into the server yet. \
+         test: crates/aloft-protocol/tests/ring_verify.rs); the server verifies device messages with it. \
          Rates include the SHA-256 of the ~70-byte domain-tagged hello; ring's also a copy of it.",
     );
     Ok(r)
