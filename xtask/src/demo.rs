@@ -234,21 +234,7 @@ impl Demo {
         step(
             "rollout of 1.1.0: test devices, then 50 %, then everyone; stages advance by themselves",
         );
-        self.aloft(&[
-            "rollout",
-            "create",
-            "demo-1.1.0",
-            "--release",
-            "aloft-sample-1.1.0",
-            "--stages",
-            "test,50%,100%",
-            "--soak",
-            "3s",
-            "--min-sample",
-            "1",
-            "--max-failure",
-            "20%",
-        ])?;
+        self.create_rollout("1.1.0", "test,50%,100%")?;
         self.wait(
             "every device running 1.1.0 (confirmed)",
             Some("demo-1.1.0"),
@@ -260,21 +246,7 @@ impl Demo {
         )?;
 
         step("rollout of 1.2.0, whose health check fails: test devices first");
-        self.aloft(&[
-            "rollout",
-            "create",
-            "demo-1.2.0",
-            "--release",
-            "aloft-sample-1.2.0",
-            "--stages",
-            "test,100%",
-            "--soak",
-            "3s",
-            "--min-sample",
-            "1",
-            "--max-failure",
-            "20%",
-        ])?;
+        self.create_rollout("1.2.0", "test,100%")?;
         let tests: Vec<&str> = fleet
             .iter()
             .filter(|d| d.test)
@@ -326,6 +298,28 @@ impl Demo {
                 self.check_alive()?;
             }
         }
+        Ok(())
+    }
+
+    /// Creates rollout `demo-VERSION` of `aloft-sample-VERSION` in `stages`:
+    /// each stage soaks 3 s, and more than 20 % failures among at least one
+    /// finished device pauses it.
+    fn create_rollout(&self, version: &str, stages: &str) -> Result<()> {
+        self.aloft(&[
+            "rollout",
+            "create",
+            &format!("demo-{version}"),
+            "--release",
+            &format!("aloft-sample-{version}"),
+            "--stages",
+            stages,
+            "--soak",
+            "3s",
+            "--min-sample",
+            "1",
+            "--max-failure",
+            "20%",
+        ])?;
         Ok(())
     }
 
