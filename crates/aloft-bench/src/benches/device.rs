@@ -91,16 +91,7 @@ pub async fn connect(endpoint: &Endpoint, local: Option<IpAddr>) -> anyhow::Resu
     tokio::time::timeout(STEP, ep.connect())
         .await
         .map_err(|_| anyhow!("connect timed out"))?
-        .map_err(|e| {
-            let mut text = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                text.push_str(": ");
-                text.push_str(&s.to_string());
-                source = s.source();
-            }
-            anyhow!("connect: {text}")
-        })
+        .map_err(|e| anyhow!("connect: {:#}", anyhow::Error::new(e)))
 }
 
 /// An authenticated session.

@@ -163,6 +163,21 @@ async fn http_get(addr: SocketAddr, path: &str, expect: u64) -> anyhow::Result<u
     Ok(body)
 }
 
+/// Releases the tasks waiting on `barrier` together and returns the bytes
+/// per second they moved between then and the last one finishing.
+async fn released_rate(
+    barrier: &Barrier,
+    mut tasks: JoinSet<anyhow::Result<u64>>,
+) -> anyhow::Result<f64> {
+    barrier.wait().await;
+    let t = Instant::now();
+    let mut total = 0;
+    while let Some(j) = tasks.join_next().await {
+        total += j??;
+    }
+    Ok(total as f64 / t.elapsed().as_secs_f64())
+}
+
 async fn nginx_round(addr: SocketAddr, len: u64) -> anyhow::Result<f64> {
     let barrier = Arc::new(Barrier::new(CLIENTS + 1));
     let mut tasks = JoinSet::new();
@@ -173,13 +188,7 @@ async fn nginx_round(addr: SocketAddr, len: u64) -> anyhow::Result<f64> {
             http_get(addr, "/payload.bin", len).await
         });
     }
-    barrier.wait().await;
-    let t = Instant::now();
-    let mut total = 0;
-    while let Some(j) = tasks.join_next().await {
-        total += j??;
-    }
-    Ok(total as f64 / t.elapsed().as_secs_f64())
+    released_rate(&barrier, tasks).await
 }
 
 async fn aloft_round(
@@ -216,13 +225,7 @@ async fn aloft_round(
             Ok(got)
         });
     }
-    barrier.wait().await;
-    let t = Instant::now();
-    let mut total = 0;
-    while let Some(j) = tasks.join_next().await {
-        total += j??;
-    }
-    Ok(total as f64 / t.elapsed().as_secs_f64())
+    released_rate(&barrier, tasks).await
 }
 
 /// `pid` and its child processes (nginx's master and workers).
