@@ -26,6 +26,7 @@ pub fn workspace_root() -> PathBuf {
 pub struct Cmd {
     program: OsString,
     args: Vec<OsString>,
+    envs: Vec<(OsString, OsString)>,
 }
 
 impl Cmd {
@@ -43,6 +44,7 @@ impl Cmd {
         Self {
             program: program.as_ref().to_owned(),
             args: Vec::new(),
+            envs: Vec::new(),
         }
     }
 
@@ -54,6 +56,13 @@ impl Cmd {
     {
         self.args
             .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    /// Sets an environment variable for the command.
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.envs
+            .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
         self
     }
 
@@ -74,6 +83,7 @@ impl Cmd {
         let mut command = Command::new(&self.program);
         command
             .args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .current_dir(workspace_root())
             .stdin(Stdio::null());
         command
