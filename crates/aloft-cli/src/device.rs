@@ -76,6 +76,10 @@ pub struct ListArgs {
     /// Only devices not seen for at least this long, e.g. 30m, 24h, 7d.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub stale: Option<std::time::Duration>,
+    /// Only devices suspected broken: repeated rollbacks, or silent soon
+    /// after taking an update (thresholds are the server's).
+    #[arg(long)]
+    pub broken: bool,
 }
 
 /// One `--attr KEY=VALUE`.
@@ -459,6 +463,10 @@ pub struct DeviceJson {
     registered_at: Option<u64>,
     revoked: bool,
     connected: bool,
+    status_changed_at: Option<u64>,
+    recent_rollbacks: u32,
+    /// `repeated_rollbacks`, `silent_after_update`, or null.
+    suspected_broken: Option<&'static str>,
 }
 
 #[derive(Debug, Serialize)]
@@ -495,15 +503,29 @@ pub fn device_json(d: &pb::DeviceInfo) -> DeviceJson {
         registered_at: non_zero(d.registered_at),
         revoked: d.revoked,
         connected: d.connected,
+        status_changed_at: non_zero(d.status_changed_at),
+        recent_rollbacks: d.recent_rollbacks,
+        suspected_broken: broken_word(d.suspected_broken),
+    }
+}
+
+/// The wire's broken reason as a word (`None`: not suspected).
+fn broken_word(reason: i32) -> Option<&'static str> {
+    match pb::BrokenReason::try_from(reason).unwrap_or(pb::BrokenReason::None) {
+        pb::BrokenReason::None => None,
+        pb::BrokenReason::RepeatedRollbacks => Some("repeated_rollbacks"),
+        pb::BrokenReason::SilentAfterUpdate => Some("silent_after_update"),
     }
 }
 
 fn flags(d: &pb::DeviceInfo) -> String {
     let test = d.attributes.as_ref().is_some_and(|a| a.test_device);
+    let broken = broken_word(d.suspected_broken).is_some();
     let flags: Vec<&str> = [
         (d.revoked, "revoked"),
         (d.connected, "online"),
         (test, "test"),
+        (broken, "broken"),
     ]
     .into_iter()
     .filter_map(|(on, word)| on.then_some(word))
@@ -522,6 +544,7 @@ async fn list(ctx: &mut Ctx, args: ListArgs) -> anyhow::Result<()> {
                 stale_secs: args.stale.map_or(0, |d| d.as_secs()),
                 after: after.clone(),
                 limit: PAGE,
+                suspected_broken: args.broken,
             })
             .await
             .map_err(|s| status_error("listing devices", &s))?
@@ -595,8 +618,22 @@ fn print_device(d: &pb::DeviceInfo) -> anyhow::Result<()> {
         ("firmware", dash(&d.firmware_version)),
         ("security version", d.security_version.to_string()),
         ("slot", slot_word(d.active_slot).unwrap_or("-").into()),
+        ("status changed", age(now, d.status_changed_at)),
         ("last seen", age(now, d.last_seen)),
         ("connected", yes_no(d.connected).into()),
+        (
+            "suspected broken",
+            match pb::BrokenReason::try_from(d.suspected_broken) {
+                Ok(pb::BrokenReason::RepeatedRollbacks) => {
+                    format!("yes: {} recent rollbacks", d.recent_rollbacks)
+                }
+                Ok(pb::BrokenReason::SilentAfterUpdate) => {
+                    "yes: silent soon after taking an update".into()
+                }
+                _ => "no".into(),
+            },
+        ),
+        ("recent rollbacks", d.recent_rollbacks.to_string()),
         ("revoked", yes_no(d.revoked).into()),
         ("registered", age(now, d.registered_at)),
         ("key id", key_id),
@@ -742,5 +779,15 @@ mod tests {
         assert_eq!(v["attributes"]["product"], "p");
         assert_eq!(v["release_id"], serde_json::Value::Null);
         assert_eq!(v["revoked"], false);
+        assert_eq!(v["suspected_broken"], serde_json::Value::Null);
+        let broken = pb::DeviceInfo {
+            suspected_broken: pb::BrokenReason::RepeatedRollbacks as i32,
+            recent_rollbacks: 3,
+            ..d
+        };
+        let v = serde_json::to_value(device_json(&broken)).unwrap();
+        assert_eq!(v["suspected_broken"], "repeated_rollbacks");
+        assert_eq!(v["recent_rollbacks"], 3);
+        assert_eq!(flags(&broken), "broken");
     }
 }

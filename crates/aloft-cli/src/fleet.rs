@@ -43,6 +43,8 @@ pub struct VersionJson {
     pub failed: u32,
     /// Last update rolled back.
     pub rolled_back: u32,
+    /// Suspected broken (the server's classification).
+    pub broken: u32,
     /// Test devices.
     pub test_devices: u32,
 }
@@ -58,6 +60,7 @@ pub fn summarize(devices: &[pb::DeviceInfo], now: u64, stale_secs: u64) -> Vec<V
         row.stale += u32::from(d.last_seen == 0 || now.saturating_sub(d.last_seen) >= stale_secs);
         row.failed += u32::from(d.status == pb::DeviceStatus::Failed as i32);
         row.rolled_back += u32::from(d.status == pb::DeviceStatus::RolledBack as i32);
+        row.broken += u32::from(d.suspected_broken != pb::BrokenReason::None as i32);
         row.test_devices += u32::from(d.attributes.as_ref().is_some_and(|a| a.test_device));
     }
     let mut rows: Vec<VersionJson> = by
@@ -90,9 +93,9 @@ pub async fn run(ctx: &mut Ctx, args: &FleetArgs) -> anyhow::Result<()> {
             .client
             .list_devices(pb::ListDevicesRequest {
                 selector: args.selector.clone().unwrap_or_default(),
-                stale_secs: 0,
                 after: after.clone(),
                 limit: PAGE,
+                ..Default::default()
             })
             .await
             .map_err(|s| status_error("listing devices for the fleet view", &s))?
@@ -115,6 +118,7 @@ pub async fn run(ctx: &mut Ctx, args: &FleetArgs) -> anyhow::Result<()> {
         "STALE",
         "FAILED",
         "ROLLED BACK",
+        "BROKEN",
         "TEST",
     ]);
     for r in &rows {
@@ -125,6 +129,7 @@ pub async fn run(ctx: &mut Ctx, args: &FleetArgs) -> anyhow::Result<()> {
             r.stale.to_string(),
             r.failed.to_string(),
             r.rolled_back.to_string(),
+            r.broken.to_string(),
             r.test_devices.to_string(),
         ]);
     }
@@ -155,8 +160,10 @@ mod tests {
         });
         let mut revoked = device("9.0.0", now, pb::DeviceStatus::Revoked);
         revoked.revoked = true;
+        let mut broken = device("1.2.0", now - 100, pb::DeviceStatus::Idle);
+        broken.suspected_broken = pb::BrokenReason::RepeatedRollbacks as i32;
         let devices = vec![
-            device("1.2.0", now - 100, pb::DeviceStatus::Idle),
+            broken,
             online,
             device("1.2.0", now - 90_000, pb::DeviceStatus::RolledBack),
             device("", 0, pb::DeviceStatus::Registered),
@@ -175,12 +182,18 @@ mod tests {
                 stale: 0,
                 failed: 1,
                 rolled_back: 0,
+                broken: 0,
                 test_devices: 1,
             }
         );
         assert_eq!(
-            (rows[1].devices, rows[1].stale, rows[1].rolled_back),
-            (2, 1, 1)
+            (
+                rows[1].devices,
+                rows[1].stale,
+                rows[1].rolled_back,
+                rows[1].broken
+            ),
+            (2, 1, 1, 1)
         );
         assert_eq!(
             (rows[2].devices, rows[2].stale),

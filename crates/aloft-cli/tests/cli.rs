@@ -388,6 +388,14 @@ async fn provision_list_show_revoke_over_plaintext() {
     h.aloft(&["device", "list", "--stale", "24"])
         .await
         .fails(2, &["missing unit"]);
+    // No device has rolled back or gone silent after an update.
+    let broken = h
+        .aloft(&["device", "list", "--broken", "--json"])
+        .await
+        .json();
+    assert_eq!(broken.as_array().unwrap().len(), 0, "{broken}");
+    assert_eq!(d1["suspected_broken"], serde_json::Value::Null);
+    assert_eq!(d1["recent_rollbacks"], 0);
 
     let table = h.aloft(&["device", "list"]).await.ok();
     let mut lines = table.lines();

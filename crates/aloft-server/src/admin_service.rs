@@ -19,6 +19,7 @@ use crate::auth::{Role, token_info};
 use crate::rollouts::{RolloutEvent, device_view};
 use crate::session::CloseReason;
 use crate::store::{DeviceRecord, ReleaseRecord, UploadId};
+use crate::tracking::{self, set_status};
 
 /// The tonic `AdminService` implementation.
 pub(crate) struct AdminSvc {
@@ -66,10 +67,25 @@ impl AdminSvc {
         Ok(())
     }
 
+    /// The stored record as served: with its live connection and its
+    /// health under the server's tracking policy.
     fn device_info(&self, mut record: DeviceRecord) -> pb::DeviceInfo {
         record.connected =
             DeviceId::new(&record.device_id).is_ok_and(|id| self.shared.sessions.is_connected(&id));
+        let health = self.classify(&record);
+        record.recent_rollbacks = health.recent_rollbacks;
+        record.suspected_broken = health
+            .suspected_broken
+            .map_or(pb::BrokenReason::None, |r| r.to_pb()) as i32;
         record
+    }
+
+    fn classify(&self, record: &DeviceRecord) -> aloft_rollout::tracking::Classification {
+        aloft_rollout::tracking::classify(
+            &tracking::history(record),
+            aloft_protocol::UnixTime(self.now()),
+            &self.shared.limits.tracking,
+        )
     }
 
     fn server_info(&self) -> pb::ServerInfo {
@@ -349,6 +365,7 @@ impl AdminService for AdminSvc {
             .list_devices(after.as_ref(), limit, &mut |d| {
                 device_view(d, &d.firmware_version).is_some_and(|v| selector.matches(&v))
                     && (req.stale_secs == 0 || d.last_seen <= cutoff)
+                    && (!req.suspected_broken || self.classify(d).suspected_broken.is_some())
             })?;
         let next_after = if devices.len() == limit {
             devices
@@ -392,6 +409,7 @@ impl AdminService for AdminSvc {
     ) -> Result<Response<pb::DeviceInfo>, Status> {
         self.require(&request, Role::Operator)?;
         let id = device_id(&request.get_ref().device_id)?;
+        let now = self.now();
         let record = self
             .shared
             .store
@@ -400,8 +418,7 @@ impl AdminService for AdminSvc {
                     return false;
                 }
                 d.revoked = true;
-                d.status = pb::DeviceStatus::Revoked as i32;
-                d.status_seq += 1;
+                set_status(d, pb::DeviceStatus::Revoked, now);
                 true
             })?
             .ok_or_else(|| Status::not_found(format!("no device {id}")))?;

@@ -115,6 +115,9 @@ pub struct Limits {
     /// Largest per-device delay before a connected device is offered an
     /// update that became available (rollout created, resumed, advanced).
     pub notify_jitter: Duration,
+    /// When a device counts as suspected broken (`stale_after_secs` is not
+    /// used: ListDevices takes the stale period per request).
+    pub tracking: aloft_rollout::tracking::TrackingPolicy,
 }
 
 impl Default for Limits {
@@ -134,6 +137,7 @@ impl Default for Limits {
             offer_timeout_secs: 24 * 3600,
             check_in_jitter_secs: aloft_rollout::rollout::DEFAULT_JITTER_SECS,
             notify_jitter: Duration::from_secs(10),
+            tracking: aloft_rollout::tracking::TrackingPolicy::default(),
         }
     }
 }

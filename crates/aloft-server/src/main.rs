@@ -44,6 +44,17 @@ struct Args {
     /// Largest per-device jitter added to suggested check-in times, in seconds.
     #[arg(long, default_value_t = 300)]
     check_in_jitter_secs: u64,
+    /// A device with this many rollbacks within --rollback-window-secs is
+    /// suspected broken (0 = never for rollbacks).
+    #[arg(long, default_value_t = 2)]
+    broken_after_rollbacks: u32,
+    /// Look-back for counting a device's rollbacks, in seconds.
+    #[arg(long, default_value_t = 7 * 86_400)]
+    rollback_window_secs: u64,
+    /// A device that took an update, was seen for less than this after it and
+    /// has been silent as long since, is suspected broken (0 = never), in seconds.
+    #[arg(long, default_value_t = 3600)]
+    silent_after_secs: u64,
 }
 
 #[tokio::main]
@@ -73,6 +84,9 @@ async fn main() -> anyhow::Result<()> {
     config.limits.rollout_tick = std::time::Duration::from_millis(args.rollout_tick_ms);
     config.limits.offer_timeout_secs = args.offer_timeout_secs;
     config.limits.check_in_jitter_secs = args.check_in_jitter_secs;
+    config.limits.tracking.broken_after_rollbacks = args.broken_after_rollbacks;
+    config.limits.tracking.rollback_window_secs = args.rollback_window_secs;
+    config.limits.tracking.silent_after_secs = args.silent_after_secs;
     let server = aloft_server::start(config)
         .await
         .context("starting the server")?;

@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use aloft_protocol::{DeviceId, ReleaseId, pb};
+use aloft_protocol::{DeviceId, ReleaseId, UnixTime, pb};
 use tokio::sync::broadcast;
 
 use crate::clock::Clock;
@@ -113,8 +113,7 @@ impl Tracker {
                 d.active_slot = s.active_slot;
             }
             if rank(d.status) == 0 && d.status != S::Idle as i32 {
-                d.status = S::Idle as i32;
-                d.status_seq += 1;
+                set_status(d, S::Idle, seen);
             }
             true
         })
@@ -129,6 +128,7 @@ impl Tracker {
         release: &ReleaseId,
         fresh: bool,
     ) -> Result<(), StoreError> {
+        let now = self.now();
         self.store.update_device(id, &mut |d| {
             if !fresh
                 && d.release_id == release.as_str()
@@ -137,8 +137,7 @@ impl Tracker {
                 return false;
             }
             d.release_id = release.as_str().to_owned();
-            d.status = S::Offered as i32;
-            d.status_seq += 1;
+            set_status(d, S::Offered, now);
             true
         })?;
         Ok(())
@@ -168,6 +167,7 @@ impl Tracker {
         if self.store.report_seen(id, &report_id)? {
             return Ok(ReportOutcome::Duplicate);
         }
+        let now = self.now();
         let mut applied = false;
         self.store.update_device(id, &mut |d| {
             applied = false;
@@ -182,11 +182,16 @@ impl Tracker {
             };
             if applies {
                 d.release_id = release.as_str().to_owned();
-                d.status = target as i32;
-                d.status_seq += 1;
+                set_status(d, target, now);
                 applied = true;
             }
-            applies
+            // Every distinct rollback counts towards "suspected broken",
+            // even one that no longer moves the status.
+            let rolled_back = kind == pb::ReportKind::RolledBack;
+            if rolled_back {
+                record_rollback(d, now);
+            }
+            applies || rolled_back
         })?;
         let detail = if applied {
             report.detail.clone()
@@ -200,6 +205,33 @@ impl Tracker {
         } else {
             ReportOutcome::Recorded
         })
+    }
+}
+
+/// Rollback times kept per device (enough for any sensible threshold).
+pub const KEPT_ROLLBACKS: usize = 8;
+
+/// Moves `d` to `status` at `now`.
+pub(crate) fn set_status(d: &mut DeviceRecord, status: S, now: u64) {
+    d.status = status as i32;
+    d.status_seq += 1;
+    d.status_changed_at = now;
+}
+
+/// Appends a rollback at `now`, keeping the latest [`KEPT_ROLLBACKS`].
+fn record_rollback(d: &mut DeviceRecord, now: u64) {
+    d.rollback_times.push(now);
+    let excess = d.rollback_times.len().saturating_sub(KEPT_ROLLBACKS);
+    d.rollback_times.drain(..excess);
+}
+
+/// The device's history as the tracking policy sees it.
+pub fn history(d: &DeviceRecord) -> aloft_rollout::tracking::DeviceHistory {
+    let took_update = matches!(S::try_from(d.status), Ok(S::Installed | S::Updated));
+    aloft_rollout::tracking::DeviceHistory {
+        last_seen: (d.last_seen != 0).then_some(UnixTime(d.last_seen)),
+        rollbacks: d.rollback_times.iter().map(|&t| UnixTime(t)).collect(),
+        update_taken_at: took_update.then_some(UnixTime(d.status_changed_at)),
     }
 }
 

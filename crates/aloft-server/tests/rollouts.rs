@@ -393,6 +393,128 @@ async fn maintenance_window_in_device_local_time() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_window_across_daylight_saving_changes() {
+    let s = setup(|_| {}).await;
+    let berlin = s
+        .device("dst-berlin", |a| a.time_zone = "Europe/Berlin".into())
+        .await;
+    let mut req = rollout("dst", vec![stage("all", 100)]);
+    req.window = Some(pb::MaintenanceWindow {
+        start_minute: 180,
+        end_minute: 300,
+    });
+    // Autumn first (the offer in spring would finish the device).
+    // 2026-10-24 12:00 UTC is 14:00 CEST; that night the clocks go back, so
+    // 03:00 local is 02:00 UTC, 14 h away (13 h with the summer offset).
+    let autumn = 1_792_843_200;
+    s.clock.set(UnixTime(autumn));
+    s.create(req).await.unwrap();
+    let (_c, said) = s.hello(&berlin).await;
+    assert_eq!(later(&said), 14 * 3600);
+    // 2026-03-28 12:00 UTC is 13:00 CET; that night the clocks go forward,
+    // so 03:00 local is 01:00 UTC, 13 h away (14 h with the winter offset).
+    let spring = 1_774_699_200;
+    s.clock.set(UnixTime(spring));
+    let (_c, said) = s.hello(&berlin).await;
+    assert_eq!(later(&said), 13 * 3600);
+    // 00:59 UTC is 01:59 CET: still outside, one minute to go.
+    s.clock.set(UnixTime(spring + 13 * 3600 - 60));
+    let (_c, said) = s.hello(&berlin).await;
+    assert_eq!(later(&said), 60);
+    // 01:00 UTC is 03:00 CEST: inside.
+    s.clock.set(UnixTime(spring + 13 * 3600));
+    let (_c, said) = s.hello(&berlin).await;
+    assert!(offered(&said), "{said:?}");
+}
+
+/// Devices suspected broken, served through GetDevice and ListDevices.
+async fn broken_ids(s: &Setup) -> Vec<String> {
+    s.h.admin()
+        .list_devices(authed(
+            pb::ListDevicesRequest {
+                suspected_broken: true,
+                ..Default::default()
+            },
+            &s.h.token(),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .devices
+        .into_iter()
+        .map(|d| d.device_id)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_rollbacks_and_silence_after_an_update_mark_devices_broken() {
+    let s = setup(|c| {
+        c.limits.tracking.broken_after_rollbacks = 2;
+        c.limits.tracking.rollback_window_secs = 86_400;
+        c.limits.tracking.silent_after_secs = 600;
+    })
+    .await;
+    let flaky = s.device("b-flaky", |_| {}).await;
+    let silent = s.device("b-silent", |_| {}).await;
+    let fine = s.device("b-fine", |_| {}).await;
+    s.create(rollout("b", vec![stage("all", 100)]))
+        .await
+        .unwrap();
+    let mut conns = Vec::new();
+    for d in [&flaky, &silent, &fine] {
+        let (c, said) = s.hello(d).await;
+        assert!(offered(&said), "{said:?}");
+        conns.push(c);
+    }
+    let [mut flaky_c, mut silent_c, mut fine_c] = conns.try_into().ok().unwrap();
+    flaky_c.report(ReportKind::RolledBack, RELEASE, b"r1").await;
+    // A re-sent report is one rollback, not two.
+    flaky_c.report(ReportKind::RolledBack, RELEASE, b"r1").await;
+    let info = s.h.device_info("b-flaky").await;
+    assert_eq!(info.recent_rollbacks, 1);
+    assert_eq!(info.suspected_broken, pb::BrokenReason::None as i32);
+    assert!(broken_ids(&s).await.is_empty());
+    // A second rollback (status already ROLLED_BACK) still counts.
+    flaky_c.report(ReportKind::RolledBack, RELEASE, b"r2").await;
+    let info = s.h.device_info("b-flaky").await;
+    assert_eq!(info.recent_rollbacks, 2);
+    assert_eq!(info.rollback_times.len(), 2);
+    assert_eq!(
+        info.suspected_broken,
+        pb::BrokenReason::RepeatedRollbacks as i32
+    );
+
+    silent_c.report(ReportKind::Installed, RELEASE, b"i").await;
+    fine_c.report(ReportKind::Installed, RELEASE, b"i").await;
+    fine_c.report(ReportKind::Confirmed, RELEASE, b"c").await;
+    drop((silent_c, fine_c));
+    s.clock.advance(599);
+    assert_eq!(broken_ids(&s).await, ["b-flaky"]);
+    s.clock.advance(1);
+    // b-fine checks in a full silent period after its update: healthy.
+    let _ = s.hello(&fine).await;
+    assert_eq!(broken_ids(&s).await, ["b-flaky", "b-silent"]);
+    let info = s.h.device_info("b-silent").await;
+    assert_eq!(
+        info.suspected_broken,
+        pb::BrokenReason::SilentAfterUpdate as i32
+    );
+    assert_eq!(info.status, pb::DeviceStatus::Installed as i32);
+    // b-fine's later silence makes it stale, not broken.
+    s.clock.advance(10_000);
+    assert_eq!(broken_ids(&s).await, ["b-flaky", "b-silent"]);
+    // The rollbacks leave the one-day look-back.
+    s.clock.advance(86_400);
+    assert_eq!(broken_ids(&s).await, ["b-silent"]);
+    let info = s.h.device_info("b-flaky").await;
+    assert_eq!(info.recent_rollbacks, 0);
+    assert_eq!(info.rollback_times.len(), 2, "history is kept");
+    // Silent b-silent comes back: no longer suspected.
+    let _ = s.hello(&silent).await;
+    assert!(broken_ids(&s).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pacing_caps_per_server_and_per_rollout() {
     let s = setup(|c| c.limits.max_concurrent_downloads = 2).await;
     let mut devs = Vec::new();
