@@ -288,15 +288,20 @@ async fn session(
     let state = hello.state.clone().unwrap_or_default();
 
     let mut handle = shared.sessions.open(&id);
-    shared.tracker.observe(&id, Some(&state))?;
-    shared.tracker.event(
-        id.as_str(),
-        "",
-        "",
-        "connected",
-        format!("running {}", state.firmware_version),
-    )?;
-    shared.store.flush().await?;
+    let detail = format!("running {}", state.firmware_version);
+    if shared.tracker.observe(&id, Some(&state))? {
+        // News (first connection, new firmware or slot): stored and durable
+        // before the Welcome.
+        shared
+            .tracker
+            .event(id.as_str(), "", "", "connected", detail)?;
+        shared.store.flush().await?;
+    } else {
+        // A routine check-in: last-seen is written (sled flushes it within
+        // its background interval), the event goes to live watchers only,
+        // and no fsync holds up the Welcome.
+        shared.tracker.publish(id.as_str(), "connected", detail);
+    }
     let _ = tx
         .send(msg(Kind::Welcome(pb::Welcome {
             session_token: handle.token_bytes.to_vec(),

@@ -98,25 +98,48 @@ impl Tracker {
         Ok(())
     }
 
-    /// Records a device's self-reported state and last-seen time.
+    /// Records a device's self-reported state and last-seen time. Returns
+    /// whether this is news: its first connection, or a state (firmware
+    /// version, security version, slot) other than the stored one.
     pub fn observe(
         &self,
         id: &DeviceId,
         state: Option<&pb::DeviceState>,
-    ) -> Result<Option<DeviceRecord>, StoreError> {
+    ) -> Result<bool, StoreError> {
         let seen = self.now();
+        let mut news = false;
         self.store.update_device(id, &mut |d| {
+            news = d.last_seen == 0;
             d.last_seen = seen;
             if let Some(s) = state {
+                news |= d.firmware_version != s.firmware_version
+                    || d.security_version != s.security_version
+                    || d.active_slot != s.active_slot;
                 d.firmware_version.clone_from(&s.firmware_version);
                 d.security_version = s.security_version;
                 d.active_slot = s.active_slot;
             }
             if rank(d.status) == 0 && d.status != S::Idle as i32 {
                 set_status(d, S::Idle, seen);
+                news = true;
             }
             true
-        })
+        })?;
+        Ok(news)
+    }
+
+    /// Publishes an event to live watchers without storing it (routine
+    /// check-ins: storing one per check-in would grow the event log by the
+    /// fleet size every check-in interval).
+    pub fn publish(&self, device: &str, kind: &str, detail: String) {
+        let _ = self.events.send(pb::Event {
+            seq: 0,
+            time: self.now(),
+            device_id: device.to_owned(),
+            kind: kind.to_owned(),
+            detail,
+            ..Default::default()
+        });
     }
 
     /// Marks `release` offered to the device: always for a `fresh` offer (a
