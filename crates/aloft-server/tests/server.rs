@@ -150,6 +150,65 @@ async fn happy_path_tls() {
     happy_path(true).await;
 }
 
+/// Stored "connected" events of `id`.
+async fn stored_connects(h: &Harness, id: &str) -> Vec<String> {
+    h.admin()
+        .list_device_events(authed(
+            pb::ListDeviceEventsRequest {
+                device_id: id.into(),
+                limit: 0,
+            },
+            &h.token(),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events
+        .into_iter()
+        .filter(|e| e.kind == "connected")
+        .map(|e| e.detail)
+        .collect()
+}
+
+#[tokio::test]
+async fn routine_check_ins_are_published_but_not_stored() {
+    let h = start(false).await;
+    let mut dev = h.register("dev-r").await;
+    let mut live = h
+        .admin()
+        .watch_events(authed(pb::WatchEventsRequest::default(), &h.token()))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut check_in = async |dev: &TestDevice| {
+        drop(dev.connect(&h.channel, vec![]).await.unwrap());
+        let e = tokio::time::timeout(Duration::from_secs(5), live.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (e.kind.as_str(), e.device_id.as_str()),
+            ("connected", "dev-r")
+        );
+        e.seq
+    };
+    // The first connection is news: stored.
+    assert_ne!(check_in(&dev).await, 0);
+    // The same state again: live watchers see it, the log does not grow.
+    assert_eq!(check_in(&dev).await, 0);
+    assert_eq!(check_in(&dev).await, 0);
+    assert_eq!(stored_connects(&h, "dev-r").await, ["running 1.0.0"]);
+    // New firmware is news again.
+    dev.version = "1.1.0".into();
+    assert_ne!(check_in(&dev).await, 0);
+    assert_eq!(
+        stored_connects(&h, "dev-r").await,
+        ["running 1.0.0", "running 1.1.0"]
+    );
+    assert_eq!(h.device_info("dev-r").await.firmware_version, "1.1.0");
+}
+
 #[tokio::test]
 async fn rolled_back_report_marks_device_and_stops_offers() {
     let h = start(false).await;
