@@ -604,6 +604,19 @@ impl AdminService for AdminSvc {
         Ok(Response::new(info))
     }
 
+    async fn get_rollout_history(
+        &self,
+        request: Request<pb::GetRolloutHistoryRequest>,
+    ) -> Result<Response<pb::RolloutHistory>, Status> {
+        self.require(&request, Role::Viewer)?;
+        let req = request.get_ref();
+        let samples = self
+            .shared
+            .rollouts
+            .history(&req.rollout_id, req.since, req.limit)?;
+        Ok(Response::new(pb::RolloutHistory { samples }))
+    }
+
     async fn list_rollouts(
         &self,
         request: Request<pb::ListRolloutsRequest>,

@@ -108,6 +108,11 @@ pub struct Limits {
     pub max_concurrent_downloads: u32,
     /// How often the rollout tick runs (soak, silent devices, health gate).
     pub rollout_tick: Duration,
+    /// Least time between two history samples of a rollout whose state and
+    /// stage did not change (whole seconds; state changes are sampled at once).
+    pub rollout_sample_interval: Duration,
+    /// History samples kept per rollout; the oldest are deleted.
+    pub rollout_samples_kept: usize,
     /// An offer with no report for this long is withdrawn (0 = never).
     pub offer_timeout_secs: u64,
     /// Largest per-device jitter on suggested check-ins, in seconds.
@@ -134,6 +139,8 @@ impl Default for Limits {
             event_buffer: 1024,
             max_concurrent_downloads: 0,
             rollout_tick: Duration::from_secs(1),
+            rollout_sample_interval: Duration::from_secs(60),
+            rollout_samples_kept: rollouts::MAX_SAMPLES_PER_ROLLOUT,
             offer_timeout_secs: 24 * 3600,
             check_in_jitter_secs: aloft_rollout::rollout::DEFAULT_JITTER_SECS,
             notify_jitter: Duration::from_secs(10),
@@ -275,6 +282,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             offer_timeout_secs: config.limits.offer_timeout_secs,
             check_in_secs: config.limits.next_check_in_secs.max(1),
             jitter_secs: config.limits.check_in_jitter_secs,
+            sample_interval_secs: config.limits.rollout_sample_interval.as_secs(),
+            max_samples: config.limits.rollout_samples_kept,
             ..Default::default()
         },
     )
@@ -380,14 +389,14 @@ async fn rollout_ticker(shared: Arc<Shared>, period: Duration) {
 }
 
 async fn tick_once(shared: &Shared) -> Result<(), ServerError> {
-    let events = shared
+    let tick = shared
         .rollouts
         .tick(shared.now())
         .map_err(|e| ServerError::Rollouts(e.to_string()))?;
-    if events.is_empty() {
+    if tick.events.is_empty() && tick.samples == 0 {
         return Ok(());
     }
-    for e in &events {
+    for e in &tick.events {
         tracing::info!(rollout = %e.rollout, kind = e.kind, detail = %e.detail, "rollout event");
         shared.tracker.rollout_event(e)?;
     }

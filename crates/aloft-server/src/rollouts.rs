@@ -11,6 +11,13 @@
 //!
 //! A check-in never scans devices: each rollout's decision is a lookup of
 //! the device's record, a selector evaluation and a hash.
+//!
+//! History: a [`pb::RolloutSample`] (state, current stage, counts per stage)
+//! is appended to the store when a rollout changed since its last sample, at
+//! most once per [`RolloutSettings::sample_interval_secs`] (checked at each
+//! tick), and at once when its state or current stage changed or an operator
+//! controlled it. Each rollout keeps its latest
+//! [`RolloutSettings::max_samples`].
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -39,7 +46,15 @@ pub struct RolloutSettings {
     pub pacing_retry_secs: u64,
     /// Largest per-device jitter added to suggested check-ins.
     pub jitter_secs: u64,
+    /// Least time between two samples of a rollout whose state and stage
+    /// did not change.
+    pub sample_interval_secs: u64,
+    /// Samples kept per rollout; older ones are deleted.
+    pub max_samples: usize,
 }
+
+/// Default for [`RolloutSettings::max_samples`].
+pub const MAX_SAMPLES_PER_ROLLOUT: usize = 2_000;
 
 impl Default for RolloutSettings {
     fn default() -> Self {
@@ -49,6 +64,8 @@ impl Default for RolloutSettings {
             check_in_secs: aloft_rollout::rollout::DEFAULT_CHECK_IN_SECS,
             pacing_retry_secs: aloft_rollout::rollout::DEFAULT_PACING_RETRY_SECS,
             jitter_secs: aloft_rollout::rollout::DEFAULT_JITTER_SECS,
+            sample_interval_secs: 60,
+            max_samples: MAX_SAMPLES_PER_ROLLOUT,
         }
     }
 }
@@ -164,6 +181,15 @@ pub enum CheckIn {
     Nothing,
 }
 
+/// What one [`Rollouts::tick`] did.
+#[derive(Debug, Default)]
+pub struct Tick {
+    /// Events to record and publish.
+    pub events: Vec<RolloutEvent>,
+    /// History samples appended.
+    pub samples: usize,
+}
+
 /// Something that happened to a rollout, for the event history.
 ///
 /// Kinds: `rollout_state` (operator pause, resume or cancel; detail e.g.
@@ -191,6 +217,10 @@ struct Entry {
     record: RolloutRecord,
     product: String,
     hardware: Vec<String>,
+    /// The latest stored sample.
+    last_sample: Option<pb::RolloutSample>,
+    /// Samples stored.
+    samples: usize,
 }
 
 impl Entry {
@@ -217,6 +247,22 @@ impl Entry {
         r.stage_started_at = p.stage_started_at.0;
         r.acknowledged = p.acknowledged;
         &self.record
+    }
+
+    /// The rollout now, as a history sample.
+    fn sample(&self, now: UnixTime) -> pb::RolloutSample {
+        let state = match self.rollout.state() {
+            RolloutState::Active => pb::RolloutState::Active,
+            RolloutState::Paused { .. } => pb::RolloutState::Paused,
+            RolloutState::Cancelled => pb::RolloutState::Cancelled,
+            RolloutState::Completed => pb::RolloutState::Completed,
+        };
+        pb::RolloutSample {
+            time: now.0,
+            state: state as i32,
+            current_stage: u32::try_from(self.rollout.current_stage()).unwrap_or(u32::MAX),
+            counts: self.rollout.counts().iter().map(Into::into).collect(),
+        }
     }
 
     fn device(&self, id: &DeviceId) -> Option<EngineDevice> {
@@ -413,6 +459,8 @@ impl Rollouts {
                 devices.push((device, rec));
             }
             let rollout = Rollout::restore(spec, progress_of(&record), devices).map_err(corrupt)?;
+            let last_sample = store.rollout_samples(&id, 0, 1)?.pop();
+            let samples = store.rollout_sample_count(&id)?;
             map.insert(
                 id,
                 Entry {
@@ -420,6 +468,8 @@ impl Rollouts {
                     record,
                     product,
                     hardware,
+                    last_sample,
+                    samples,
                 },
             );
         }
@@ -482,13 +532,16 @@ impl Rollouts {
             },
             product: info.product,
             hardware: info.hardware,
+            last_sample: None,
+            samples: 0,
         };
         let mut map = self.lock();
         if map.contains_key(&id) || !self.store.insert_rollout(entry.snapshot())? {
             return Err(RolloutError::Exists(id));
         }
         let out = entry.rollout.info();
-        map.insert(id, entry);
+        let e = map.entry(id).or_insert(entry);
+        self.record_sample(e, now, true)?;
         drop(map);
         self.nudge();
         Ok(out)
@@ -500,6 +553,48 @@ impl Rollouts {
             .get(id)
             .map(|e| e.rollout.info())
             .ok_or_else(|| RolloutError::UnknownRollout(id.to_owned()))
+    }
+
+    /// The latest `limit` samples of rollout `id` at or after `since`, oldest
+    /// first (`limit` 0 or above the kept number = all kept).
+    pub fn history(
+        &self,
+        id: &str,
+        since: u64,
+        limit: u32,
+    ) -> Result<Vec<pb::RolloutSample>, RolloutError> {
+        if !self.lock().contains_key(id) {
+            return Err(RolloutError::UnknownRollout(id.to_owned()));
+        }
+        let kept = self.settings.max_samples.max(1);
+        let limit = match usize::try_from(limit) {
+            Ok(0) | Err(_) => kept,
+            Ok(n) => n.min(kept),
+        };
+        Ok(self.store.rollout_samples(id, since, limit)?)
+    }
+
+    /// Appends a sample of `e` if it changed since its last one: at once when
+    /// its state or current stage changed or when `force`d, otherwise once
+    /// the sample interval has passed since the last sample. Deletes the
+    /// oldest samples beyond the cap. Returns whether it appended.
+    fn record_sample(&self, e: &mut Entry, now: UnixTime, force: bool) -> Result<bool, StoreError> {
+        let next = e.sample(now);
+        if let Some(last) = &e.last_sample {
+            let moved = last.state != next.state || last.current_stage != next.current_stage;
+            if !moved && last.counts == next.counts {
+                return Ok(false);
+            }
+            let due = now.0 >= last.time.saturating_add(self.settings.sample_interval_secs);
+            if !moved && !force && !due {
+                return Ok(false);
+            }
+        }
+        let drop = (e.samples + 1).saturating_sub(self.settings.max_samples.max(1));
+        self.store.append_rollout_sample(e.id(), &next, drop)?;
+        e.samples = e.samples + 1 - drop;
+        e.last_sample = Some(next);
+        Ok(true)
     }
 
     /// Every rollout, by id.
@@ -604,7 +699,11 @@ impl Rollouts {
             Err(aloft_rollout::Error::UnknownDevice(_)) => return Ok(Vec::new()),
             Err(err) => return Err(RolloutError::engine(rollout, err)),
         };
+        let changed = e.rollout.progress() != before;
         self.persist(e, before, vec![device.clone()])?;
+        if changed {
+            self.record_sample(e, now, true)?;
+        }
         Ok(transitions.iter().map(|t| transition_event(e, t)).collect())
     }
 
@@ -629,10 +728,11 @@ impl Rollouts {
     }
 
     /// Advances time for every rollout (silent devices, expired offers, the
-    /// health gate, stage advance) and persists what changed.
-    pub fn tick(&self, now: UnixTime) -> Result<Vec<RolloutEvent>, RolloutError> {
+    /// health gate, stage advance), persists what changed and records
+    /// history samples that are due.
+    pub fn tick(&self, now: UnixTime) -> Result<Tick, RolloutError> {
         let mut map = self.lock();
-        let mut events = Vec::new();
+        let mut out = Tick::default();
         for e in map.values_mut() {
             if !matches!(
                 e.rollout.state(),
@@ -642,24 +742,27 @@ impl Rollouts {
             }
             let before = e.rollout.progress();
             let transitions = e.rollout.tick(now);
-            if transitions.is_empty() {
-                continue;
+            if !transitions.is_empty() {
+                let devices = transitions
+                    .iter()
+                    .filter_map(|t| match t {
+                        Transition::Silent(id) | Transition::OfferExpired(id) => Some(id.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                self.persist(e, before, devices)?;
+                out.events
+                    .extend(transitions.iter().map(|t| transition_event(e, t)));
             }
-            let devices = transitions
-                .iter()
-                .filter_map(|t| match t {
-                    Transition::Silent(id) | Transition::OfferExpired(id) => Some(id.clone()),
-                    _ => None,
-                })
-                .collect();
-            self.persist(e, before, devices)?;
-            events.extend(transitions.iter().map(|t| transition_event(e, t)));
+            if self.record_sample(e, now, false)? {
+                out.samples += 1;
+            }
         }
         drop(map);
-        if events.iter().any(|e| e.kind == "stage_advanced") {
+        if out.events.iter().any(|e| e.kind == "stage_advanced") {
             self.nudge();
         }
-        Ok(events)
+        Ok(out)
     }
 
     /// An operator action on a rollout.
@@ -738,6 +841,7 @@ impl Rollouts {
             }
         };
         self.persist(e, before, devices)?;
+        self.record_sample(e, now, true)?;
         let event = RolloutEvent {
             rollout: id.to_owned(),
             release: e.release().to_owned(),

@@ -290,6 +290,26 @@ pub trait Store: Send + Sync + 'static {
     /// Every device record of rollout `rollout`, by device id.
     fn rollout_devices(&self, rollout: &str) -> StoreResult<Vec<(DeviceId, RolloutDeviceRecord)>>;
 
+    /// Appends a sample to rollout `rollout`'s history, then deletes its
+    /// `drop_oldest` oldest samples. Samples sort by time, then by order of
+    /// appending.
+    fn append_rollout_sample(
+        &self,
+        rollout: &str,
+        sample: &pb::RolloutSample,
+        drop_oldest: usize,
+    ) -> StoreResult<()>;
+    /// The latest `limit` samples of rollout `rollout` at or after `since`
+    /// (Unix seconds), oldest first; `limit` 0 = all.
+    fn rollout_samples(
+        &self,
+        rollout: &str,
+        since: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<pb::RolloutSample>>;
+    /// How many samples rollout `rollout` has.
+    fn rollout_sample_count(&self, rollout: &str) -> StoreResult<usize>;
+
     /// Records (or replaces) the directive for (device, release).
     fn put_directive(&self, record: &DirectiveRecord) -> StoreResult<()>;
     /// The directive issued to `device` for `release`, if any.
@@ -338,6 +358,8 @@ pub struct SledStore {
     chunks: sled::Tree,
     rollouts: sled::Tree,
     rollout_devices: sled::Tree,
+    /// Key `rollout\0` + big-endian time + big-endian sequence.
+    rollout_samples: sled::Tree,
     directives: sled::Tree,
     reports: sled::Tree,
     events: sled::Tree,
@@ -378,6 +400,7 @@ impl SledStore {
             chunks: db.open_tree("chunks")?,
             rollouts: db.open_tree("rollout_records")?,
             rollout_devices: db.open_tree("rollout_devices")?,
+            rollout_samples: db.open_tree("rollout_samples")?,
             directives: db.open_tree("directives")?,
             reports: db.open_tree("reports")?,
             events: db.open_tree("events")?,
@@ -628,6 +651,63 @@ impl Store for SledStore {
             .collect()
     }
 
+    fn append_rollout_sample(
+        &self,
+        rollout: &str,
+        sample: &pb::RolloutSample,
+        drop_oldest: usize,
+    ) -> StoreResult<()> {
+        let mut order = [0u8; 16];
+        order[..8].copy_from_slice(&sample.time.to_be_bytes());
+        order[8..].copy_from_slice(&self.db.generate_id()?.to_be_bytes());
+        let mut batch = sled::Batch::default();
+        batch.insert(pair_key(rollout, &order), sample.encode_to_vec());
+        for key in self
+            .rollout_samples
+            .scan_prefix(pair_key(rollout, &[]))
+            .keys()
+            .take(drop_oldest)
+        {
+            batch.remove(key?);
+        }
+        self.rollout_samples.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn rollout_samples(
+        &self,
+        rollout: &str,
+        since: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<pb::RolloutSample>> {
+        let start = pair_key(rollout, &since.to_be_bytes());
+        let end = pair_key(rollout, &[0xff; 17]);
+        let limit = if limit == 0 { usize::MAX } else { limit };
+        let mut out = self
+            .rollout_samples
+            .range(start..end)
+            .values()
+            .rev()
+            .take(limit)
+            .map(|v| decode(&v?, "rollout sample"))
+            .collect::<StoreResult<Vec<pb::RolloutSample>>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    fn rollout_sample_count(&self, rollout: &str) -> StoreResult<usize> {
+        let mut n = 0;
+        for key in self
+            .rollout_samples
+            .scan_prefix(pair_key(rollout, &[]))
+            .keys()
+        {
+            key?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     fn put_directive(&self, record: &DirectiveRecord) -> StoreResult<()> {
         let key = pair_key(&record.device_id, record.release_id.as_bytes());
         self.directives.insert(key, record.encode_to_vec())?;
@@ -710,5 +790,53 @@ impl Store for SledStore {
             self.flush_done.fetch_max(covered, SeqCst);
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(time: u64, stage: u32) -> pb::RolloutSample {
+        pb::RolloutSample {
+            time,
+            state: pb::RolloutState::Active as i32,
+            current_stage: stage,
+            counts: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn rollout_samples_sort_by_time_drop_the_oldest_and_stay_per_rollout() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        // Two samples in one second keep their order; "r" and "r2" do not mix.
+        for (t, stage) in [(100, 0), (100, 1), (250, 2), (300, 3)] {
+            store
+                .append_rollout_sample("r", &sample(t, stage), 0)
+                .unwrap();
+        }
+        store
+            .append_rollout_sample("r2", &sample(50, 9), 0)
+            .unwrap();
+        let stages =
+            |v: Vec<pb::RolloutSample>| -> Vec<u32> { v.iter().map(|s| s.current_stage).collect() };
+        assert_eq!(
+            stages(store.rollout_samples("r", 0, 0).unwrap()),
+            [0, 1, 2, 3]
+        );
+        assert_eq!(stages(store.rollout_samples("r", 101, 0).unwrap()), [2, 3]);
+        assert_eq!(stages(store.rollout_samples("r", 0, 2).unwrap()), [2, 3]);
+        assert_eq!(stages(store.rollout_samples("r2", 0, 0).unwrap()), [9]);
+        assert_eq!(store.rollout_sample_count("r").unwrap(), 4);
+        assert!(store.rollout_samples("nope", 0, 0).unwrap().is_empty());
+
+        // Appending with drop_oldest = 2 keeps the newest three.
+        store
+            .append_rollout_sample("r", &sample(400, 4), 2)
+            .unwrap();
+        assert_eq!(stages(store.rollout_samples("r", 0, 0).unwrap()), [2, 3, 4]);
+        assert_eq!(store.rollout_sample_count("r").unwrap(), 3);
+        assert_eq!(store.rollout_sample_count("r2").unwrap(), 1);
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use aloft_protocol::UnixTime;
 use aloft_protocol::pb::{self, ReportKind, server_to_device::Kind};
 use aloft_server::ServerConfig;
-use aloft_server::clock::ManualClock;
+use aloft_server::clock::{Clock as _, ManualClock};
 use common::{Conn, Harness, Keys, TestDevice, authed, connect, now, start_with, upload};
 use tonic::Code;
 
@@ -843,6 +843,29 @@ async fn rollout_state_survives_a_restart() {
         .await
         .unwrap()
         .into_inner();
+    let history = |admin: pb::admin_service_client::AdminServiceClient<_>| {
+        let token = token.clone();
+        async move {
+            admin
+                .clone()
+                .get_rollout_history(authed(
+                    pb::GetRolloutHistoryRequest {
+                        rollout_id: "r".into(),
+                        ..Default::default()
+                    },
+                    &token,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .samples
+        }
+    };
+    let samples_before = history(admin.clone()).await;
+    assert_eq!(
+        samples_before.last().map(|s| s.state),
+        Some(pb::RolloutState::Paused as i32)
+    );
     server.shutdown().await.unwrap();
 
     let server = aloft_server::start(config()).await.unwrap();
@@ -867,6 +890,8 @@ async fn rollout_state_survives_a_restart() {
     };
     let after = get().await;
     assert_eq!(after, before);
+    // The history came back, and goes on from where it was.
+    assert_eq!(history(admin.clone()).await, samples_before);
     assert_eq!(after.pause_reason, "night");
     assert_eq!(after.counts[0].updated, 1);
     assert_eq!(after.counts[1].excluded, 1);
@@ -893,6 +918,19 @@ async fn rollout_state_survives_a_restart() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(advanced);
+    let samples = history(admin.clone()).await;
+    assert_eq!(samples[..samples_before.len()], samples_before[..]);
+    let new: Vec<_> = samples[samples_before.len()..]
+        .iter()
+        .map(|s| (s.state, s.current_stage))
+        .collect();
+    assert_eq!(
+        new,
+        [
+            (pb::RolloutState::Active as i32, 0),
+            (pb::RolloutState::Active as i32, 1)
+        ]
+    );
     // The excluded device stays excluded; the updated one is done.
     let (mut c, _) = d1.connect(&ch, vec![]).await.unwrap();
     assert_eq!(maybe_next(&mut c).await, None);
@@ -917,4 +955,187 @@ async fn connected_devices_are_offered_when_a_rollout_resumes() {
     // Offered on the open session, without a new check-in.
     let got = c.next().await.unwrap();
     assert!(matches!(got, Kind::Offer(_)), "{got:?}");
+}
+
+impl Setup {
+    async fn history(
+        &self,
+        id: &str,
+        since: u64,
+        limit: u32,
+        token: &str,
+    ) -> Result<Vec<pb::RolloutSample>, tonic::Status> {
+        self.h
+            .admin()
+            .get_rollout_history(authed(
+                pb::GetRolloutHistoryRequest {
+                    rollout_id: id.into(),
+                    since,
+                    limit,
+                },
+                token,
+            ))
+            .await
+            .map(|r| r.into_inner().samples)
+    }
+
+    /// Waits (up to 5 s) until rollout `id` has `n` samples.
+    async fn samples(&self, id: &str, n: usize) -> Vec<pb::RolloutSample> {
+        let mut got = Vec::new();
+        for _ in 0..250 {
+            got = self.history(id, 0, 0, &self.h.token()).await.unwrap();
+            if got.len() >= n {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!(
+            "rollout {id} has {} samples, expected {n}: {got:?}",
+            got.len()
+        );
+    }
+}
+
+fn total(s: &pb::RolloutSample, f: fn(&pb::StageCounts) -> u32) -> u32 {
+    s.counts.iter().map(f).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_samples_progress_at_most_once_per_interval_and_state_changes_at_once() {
+    let s = setup(|c| c.limits.rollout_sample_interval = Duration::from_secs(60)).await;
+    let t0 = s.clock.now().0;
+    let d0 = s.device("d0", |_| {}).await;
+    let d1 = s.device("d1", |_| {}).await;
+    s.create(rollout("h", vec![stage("all", 100)]))
+        .await
+        .unwrap();
+    // Created: one sample, nobody targeted yet.
+    let h = s.samples("h", 1).await;
+    assert_eq!(h.len(), 1);
+    assert_eq!(h[0].time, t0);
+    assert_eq!(h[0].state, pb::RolloutState::Active as i32);
+    assert_eq!(total(&h[0], |c| c.targeted), 0);
+
+    // Offers change the counts, but the interval has not passed.
+    let (mut c0, said) = s.hello(&d0).await;
+    assert!(offered(&said));
+    let (_c1, said) = s.hello(&d1).await;
+    assert!(offered(&said));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(s.samples("h", 1).await.len(), 1, "rate-limited");
+
+    // Once it has, the next tick samples.
+    s.clock.advance(60);
+    let h = s.samples("h", 2).await;
+    assert_eq!(h[1].time, t0 + 60);
+    assert_eq!(total(&h[1], |c| c.offered), 2);
+    assert_eq!(h[1].counts[0].stage, "all");
+
+    // A report within the interval waits; a pause is sampled at once, with
+    // the report's counts.
+    s.clock.advance(10);
+    c0.report(ReportKind::Confirmed, RELEASE, b"h0").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(s.samples("h", 2).await.len(), 2, "rate-limited");
+    s.control("h", pb::RolloutAction::Pause, &s.h.token())
+        .await
+        .unwrap();
+    let h = s.history("h", 0, 0, &s.h.token()).await.unwrap();
+    assert_eq!(h.len(), 3, "{h:?}");
+    assert_eq!(h[2].time, t0 + 70);
+    assert_eq!(h[2].state, pb::RolloutState::Paused as i32);
+    assert_eq!(total(&h[2], |c| c.updated), 1);
+    assert_eq!(total(&h[2], |c| c.offered), 1);
+    // Nothing changed since: no more samples however long we wait.
+    s.clock.advance(600);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(s.samples("h", 3).await.len(), 3);
+
+    // since and limit select; a viewer may read.
+    let viewer = viewer_token(&s.h).await;
+    let times = |v: Vec<pb::RolloutSample>| v.iter().map(|x| x.time).collect::<Vec<_>>();
+    assert_eq!(
+        times(s.history("h", t0 + 1, 0, &viewer).await.unwrap()),
+        [t0 + 60, t0 + 70]
+    );
+    assert_eq!(
+        times(s.history("h", 0, 1, &viewer).await.unwrap()),
+        [t0 + 70]
+    );
+    assert!(
+        s.history("h", t0 + 71, 0, &viewer)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Refusals: unknown rollout, no token.
+    let err = s.history("nope", 0, 0, &viewer).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(err.message().contains("no rollout \"nope\""), "{err:?}");
+    let err =
+        s.h.admin()
+            .get_rollout_history(pb::GetRolloutHistoryRequest {
+                rollout_id: "h".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_health_gate_pause_is_sampled_at_the_report() {
+    let s = setup(|c| c.limits.rollout_sample_interval = Duration::from_secs(3600)).await;
+    let d0 = s.device("d0", |_| {}).await;
+    s.create(rollout(
+        "g",
+        vec![pb::RolloutStage {
+            min_sample: 1,
+            max_failure_permille: 0,
+            ..stage("all", 100)
+        }],
+    ))
+    .await
+    .unwrap();
+    let (mut c, said) = s.hello(&d0).await;
+    assert!(offered(&said));
+    s.clock.advance(5);
+    c.report(ReportKind::InstallFailed, RELEASE, b"f").await;
+    let h = s.samples("g", 2).await;
+    assert_eq!(h.len(), 2, "{h:?}");
+    assert_eq!(h[1].time, s.clock.now().0);
+    assert_eq!(h[1].state, pb::RolloutState::Paused as i32);
+    assert_eq!(total(&h[1], |c| c.failed), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_keeps_only_the_latest_samples() {
+    let s = setup(|c| c.limits.rollout_samples_kept = 3).await;
+    let t0 = s.clock.now().0;
+    s.create(rollout("k", vec![stage("all", 100)]))
+        .await
+        .unwrap();
+    for (i, action) in [
+        pb::RolloutAction::Pause,
+        pb::RolloutAction::Resume,
+        pb::RolloutAction::Pause,
+        pb::RolloutAction::Resume,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        s.clock.advance(1);
+        s.control("k", action, &s.h.token()).await.unwrap();
+        let kept = s.history("k", 0, 0, &s.h.token()).await.unwrap();
+        assert_eq!(kept.len(), (i + 2).min(3));
+    }
+    // Five samples taken (created + 4 actions), the two oldest dropped.
+    let h = s.history("k", 0, 0, &s.h.token()).await.unwrap();
+    let times: Vec<u64> = h.iter().map(|x| x.time).collect();
+    assert_eq!(times, [t0 + 2, t0 + 3, t0 + 4]);
+    assert_eq!(h[2].state, pb::RolloutState::Active as i32);
+    assert_eq!(h[1].state, pb::RolloutState::Paused as i32);
+    // A limit above the cap returns what is kept.
+    assert_eq!(s.history("k", 0, 100, &s.h.token()).await.unwrap().len(), 3);
 }
