@@ -38,6 +38,10 @@ struct Args {
     /// How often rollouts advance by themselves (soak, silent devices, health gate), in ms.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
     rollout_tick_ms: u64,
+    /// Least time between two history samples of a rollout whose counts changed
+    /// (state and stage changes are sampled at once), in seconds.
+    #[arg(long, default_value_t = 60)]
+    rollout_sample_secs: u64,
     /// An offer with no report for this long is withdrawn, freeing its pacing slot (0 = never).
     #[arg(long, default_value_t = 86_400)]
     offer_timeout_secs: u64,
@@ -83,6 +87,8 @@ async fn main() -> anyhow::Result<()> {
     config.limits.max_concurrent_downloads = args.max_concurrent_downloads;
     config.limits.rollout_tick = std::time::Duration::from_millis(args.rollout_tick_ms);
     config.limits.offer_timeout_secs = args.offer_timeout_secs;
+    config.limits.rollout_sample_interval =
+        std::time::Duration::from_secs(args.rollout_sample_secs);
     config.limits.check_in_jitter_secs = args.check_in_jitter_secs;
     config.limits.tracking.broken_after_rollbacks = args.broken_after_rollbacks;
     config.limits.tracking.rollback_window_secs = args.rollback_window_secs;
