@@ -8,6 +8,17 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::AgentError;
 
+/// HTTP/2 flow-control window the device grants per stream: a download
+/// keeps 16 chunks of 16 KiB in flight instead of h2's default 64 KiB, which
+/// stalls the server on window updates. It bounds unread data, not memory
+/// allocated up front.
+pub const STREAM_WINDOW: u32 = 256 * 1024;
+/// HTTP/2 window for the whole connection (a session and a download).
+pub const CONNECTION_WINDOW: u32 = 512 * 1024;
+/// Largest HTTP/2 frame the device accepts: one frame per 16 KiB chunk plus
+/// its framing, instead of two at h2's default of 16 KiB.
+pub const MAX_FRAME: u32 = 32 * 1024;
+
 /// Makes the endpoint for `url`. With `https://`, the server certificate must
 /// chain to `ca_pem` and only to it (no system roots are consulted) and name
 /// the URL's host. `local_address` binds the client socket (simulators spread
@@ -22,6 +33,9 @@ pub(crate) fn endpoint(
         .map_err(|e| AgentError::InvalidUrl(format!("{url}: {e}")))?
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20))
         .local_address(local_address);

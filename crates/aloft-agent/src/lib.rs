@@ -74,7 +74,7 @@
 
 mod agent;
 mod backoff;
-mod connect;
+pub mod connect;
 mod error;
 mod file_flash;
 mod identity;

@@ -123,6 +123,10 @@ pub fn endpoint(addr: SocketAddr, ca_pem: &str) -> anyhow::Result<Endpoint> {
     Ok(Endpoint::from_shared(format!("https://{addr}"))?
         .connect_timeout(Duration::from_secs(20))
         .tcp_nodelay(true)
+        // The agent's HTTP/2 settings, so the server sees what devices ask for.
+        .initial_stream_window_size(aloft_agent::connect::STREAM_WINDOW)
+        .initial_connection_window_size(aloft_agent::connect::CONNECTION_WINDOW)
+        .max_frame_size(aloft_agent::connect::MAX_FRAME)
         .tls_config(
             ClientTlsConfig::new()
                 .ca_certificate(Certificate::from_pem(ca_pem))
