@@ -895,6 +895,67 @@ async fn rollout_advance_and_retry_failed() {
         .fails(1, &["advancing rollout nope"]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_history_lists_samples_oldest_first() {
+    let h = Harness::plaintext().await;
+    rollout_fixture(&h).await;
+    h.aloft(&[
+        "rollout",
+        "create",
+        "r1",
+        "--release",
+        "sensor-1.1.0",
+        "--stages",
+        "test,100%",
+    ])
+    .await
+    .ok();
+    h.aloft(&["rollout", "pause", "r1"]).await.ok();
+    h.aloft(&["rollout", "advance", "r1"]).await.ok();
+
+    // Created, paused, advanced (still paused): each sampled at once.
+    let history = h
+        .aloft(&["rollout", "history", "r1", "--since", "1h", "--json"])
+        .await
+        .json();
+    let samples = history.as_array().unwrap();
+    let states: Vec<(&str, &str)> = samples
+        .iter()
+        .map(|s| {
+            (
+                s["state"].as_str().unwrap(),
+                s["current_stage_name"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [("active", "test"), ("paused", "test"), ("paused", "100%")],
+        "{history}"
+    );
+    let last = &samples[2];
+    assert_eq!(last["stages"].as_array().unwrap().len(), 2, "{last}");
+    assert_eq!(last["stages"][0]["stage"], "test");
+    assert!(last["stages"][1]["targeted"].is_u64(), "{last}");
+    assert!(last["totals"]["rolled_back"].is_u64(), "{last}");
+    assert!(last["time"].as_u64().unwrap() > 0);
+    assert!(last["time_utc"].as_str().unwrap().starts_with("20"));
+
+    let table = h.aloft(&["rollout", "history", "r1"]).await.ok();
+    assert!(table.starts_with("TIME (UTC)"), "{table}");
+    assert_eq!(table.lines().count(), 4, "{table}");
+    assert!(
+        table.contains("paused") && table.contains("100%"),
+        "{table}"
+    );
+    h.aloft(&["rollout", "history", "nope"])
+        .await
+        .fails(1, &["history of rollout nope", "not found"]);
+    h.aloft(&["rollout", "history", "r1", "--since", "24"])
+        .await
+        .fails(2, &["missing unit"]);
+}
+
 /// Reads one line of `child`'s stdout within 20 s.
 async fn next_line(
     lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,

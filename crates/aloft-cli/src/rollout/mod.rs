@@ -1,6 +1,7 @@
 //! `aloft rollout ...`: create, list, inspect, control and watch staged
 //! rollouts.
 
+pub mod history;
 pub mod spec;
 pub mod watch;
 
@@ -97,6 +98,12 @@ pub enum RolloutCommand {
         /// Device id.
         device: String,
     },
+    /// Show how a rollout's state and counts changed over time (UTC).
+    ///
+    /// The server records a sample when the counts changed (at most once per
+    /// its --rollout-sample-secs) and at once at every state or stage change.
+    /// The table sums the counts over all stages; --json lists every stage.
+    History(history::HistoryArgs),
     /// Follow a rollout live with progress bars until it ends (or Ctrl-C).
     ///
     /// On a terminal the stage bars redraw in place; otherwise (or with
@@ -188,6 +195,7 @@ pub async fn run(ctx: &mut Ctx, cmd: RolloutCommand) -> anyhow::Result<()> {
         }
         RolloutCommand::Force { id, device } => control_device(ctx, &id, &device, D::Force).await,
         RolloutCommand::Retry { id, device } => control_device(ctx, &id, &device, D::Retry).await,
+        RolloutCommand::History(args) => history::run(ctx, &args).await,
         RolloutCommand::Watch(args) => watch::run(ctx, &args).await,
     }
 }
