@@ -58,10 +58,6 @@ struct Cli {
     /// Kill the process group after this many seconds (with --supervisor).
     #[arg(long, value_name = "SECS")]
     deadline_secs: Option<u64>,
-    /// Internal: run the rollout-scale benchmark with this many devices and
-    /// print its key figures as JSON (the jemalloc comparison's child).
-    #[arg(long, value_name = "DEVICES", hide = true)]
-    rollout_scale_child: Option<u32>,
     /// Instead of benchmarking, run the device install loop for this many
     /// seconds (a target for `perf record`).
     #[arg(long, value_name = "SECS")]
@@ -131,13 +127,6 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     }
     if let Some(secs) = cli.profile_install {
         return benches::install::profile_loop(secs);
-    }
-    if let Some(n) = cli.rollout_scale_child {
-        let scratch = cli
-            .scratch
-            .clone()
-            .context("--rollout-scale-child needs --scratch")?;
-        return benches::rollout_scale::child(&scratch, n);
     }
     for name in &cli.only {
         if !registry.iter().any(|b| b.name() == name) {
