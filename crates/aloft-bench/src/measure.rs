@@ -1,7 +1,7 @@
 //! Measuring tools: repetition statistics, a counting global allocator for
 //! peak heap, and stack painting for peak stack.
 
-use std::alloc::{GlobalAlloc, Layout};
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -60,12 +60,8 @@ static CURRENT: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
 static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
 
-/// The allocator under the counter: mimalloc, as in the aloft-server binary,
-/// so in-process store figures (benchmark 5) see the server's allocator.
-static INNER: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// A global allocator that forwards to mimalloc and counts live bytes, their
-/// peak, and allocation calls. Installed by the binary.
+/// A global allocator that forwards to the system allocator and counts live
+/// bytes, their peak, and allocation calls. Installed by the binary.
 #[derive(Debug)]
 pub struct CountingAlloc;
 
@@ -74,7 +70,7 @@ fn grew(by: usize) {
     PEAK.fetch_max(now, Ordering::Relaxed);
 }
 
-// SAFETY: every method forwards to `INNER` (mimalloc) with the caller's arguments and
+// SAFETY: every method forwards to `System` with the caller's arguments and
 // only updates counters.
 #[allow(unsafe_code)]
 unsafe impl GlobalAlloc for CountingAlloc {
@@ -82,20 +78,20 @@ unsafe impl GlobalAlloc for CountingAlloc {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         grew(layout.size());
         // SAFETY: the caller upholds `alloc`'s contract.
-        unsafe { INNER.alloc(layout) }
+        unsafe { System.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         grew(layout.size());
         // SAFETY: the caller upholds `alloc_zeroed`'s contract.
-        unsafe { INNER.alloc_zeroed(layout) }
+        unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         CURRENT.fetch_sub(layout.size(), Ordering::Relaxed);
         // SAFETY: the caller upholds `dealloc`'s contract.
-        unsafe { INNER.dealloc(ptr, layout) }
+        unsafe { System.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
@@ -106,7 +102,7 @@ unsafe impl GlobalAlloc for CountingAlloc {
             CURRENT.fetch_sub(layout.size() - new_size, Ordering::Relaxed);
         }
         // SAFETY: the caller upholds `realloc`'s contract.
-        unsafe { INNER.realloc(ptr, layout, new_size) }
+        unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
 

@@ -9,10 +9,6 @@ use aloft_server::{ServerConfig, TlsFiles};
 use anyhow::{Context as _, bail};
 use clap::Parser;
 
-/// mimalloc: glibc malloc fragments under sled's cache of a large fleet.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Aloft's OTA server.
 #[derive(Parser, Debug)]
 #[command(version, about)]
