@@ -27,9 +27,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 
-use aloft_protocol::{DeviceId, ReleaseId, UnixTime, Version, pb};
-use aloft_rollout::rollout::{Decision, GlobalLoad, Rollout, RolloutSpec, Stage};
-use aloft_rollout::{DeviceView, RolloutId, Selector};
+use aloft_protocol::{DeviceId, UnixTime, Version, pb};
+use aloft_rollout::DeviceView;
+use aloft_rollout::rollout::{Decision, GlobalLoad, Rollout, RolloutSpec};
 use aloft_server::rollouts::{CheckIn, RolloutSettings, Rollouts};
 use aloft_server::store::{ReleaseRecord, SledStore, Store};
 use anyhow::{Context, anyhow};
@@ -117,8 +117,9 @@ fn view(rec: &pb::DeviceInfo) -> anyhow::Result<DeviceView> {
     })
 }
 
-fn spec() -> anyhow::Result<RolloutSpec> {
-    let stage = |name: &str, percent: u8, test: bool| Stage {
+/// The rollout both runs use: the server's create request.
+fn request() -> pb::CreateRolloutRequest {
+    let stage = |name: &str, percent: u32, test: bool| pb::RolloutStage {
         name: name.into(),
         percent,
         test_devices_only: test,
@@ -126,22 +127,26 @@ fn spec() -> anyhow::Result<RolloutSpec> {
         min_sample: 10,
         max_failure_permille: 50,
     };
-    Ok(RolloutSpec::new(
-        RolloutId::new("fleet-2.0").map_err(|e| anyhow!("{e}"))?,
-        ReleaseId::new("fw-2.0.0").map_err(|e| anyhow!("{e}"))?,
-        Version::parse("2.0.0").map_err(|e| anyhow!("{e}"))?,
-        Selector::parse(
-            "product = sensor and region in (eu, us, ap, sa) and version < 2.0.0 and not tag = lab",
-        )
-        .map_err(|e| anyhow!("selector: {e}"))?,
-        vec![
+    pb::CreateRolloutRequest {
+        rollout_id: "fleet-2.0".into(),
+        release_id: "fw-2.0.0".into(),
+        selector:
+            "product = sensor and region in (eu, us, ap, sa) and version < 2.0.0 and not tag = lab"
+                .into(),
+        stages: vec![
             stage("test", 0, true),
             stage("canary", 1, false),
             stage("early", 10, false),
             stage("half", 50, false),
             stage("all", 100, false),
         ],
-    ))
+        ..Default::default()
+    }
+}
+
+/// The same rollout as the engine sees it.
+fn spec() -> anyhow::Result<RolloutSpec> {
+    RolloutSpec::from_proto(&request(), Version::new(2, 0, 0)).map_err(|e| anyhow!("spec: {e}"))
 }
 
 /// Runs a future to completion on this thread (for `Store::flush`, whose
@@ -534,29 +539,7 @@ fn server_path(store: &Arc<SledStore>, order: &[u32], now: UnixTime) -> anyhow::
         }),
         ..Default::default()
     };
-    let stage = |name: &str, percent: u32, test: bool| pb::RolloutStage {
-        name: name.into(),
-        percent,
-        test_devices_only: test,
-        soak_secs: 3600,
-        min_sample: 10,
-        max_failure_permille: 50,
-    };
-    let req = pb::CreateRolloutRequest {
-        rollout_id: "fleet-2.0".into(),
-        release_id: "fw-2.0.0".into(),
-        selector:
-            "product = sensor and region in (eu, us, ap, sa) and version < 2.0.0 and not tag = lab"
-                .into(),
-        stages: vec![
-            stage("test", 0, true),
-            stage("canary", 1, false),
-            stage("early", 10, false),
-            stage("half", 50, false),
-            stage("all", 100, false),
-        ],
-        ..Default::default()
-    };
+    let req = request();
     let (created, create_s) = timed(|| rollouts.create(req, &release, now));
     created.map_err(|e| anyhow!("creating the rollout: {e}"))?;
     for _ in 0..2 {
