@@ -7,7 +7,7 @@ use aloft_protocol::pb;
 use clap::Args;
 use serde::Serialize;
 
-use super::{CountsJson, state_word};
+use super::{CountsJson, state_word, totals};
 use crate::Ctx;
 use crate::client::status_error;
 use crate::duration::{now_unix, parse_duration, utc_text};
@@ -52,21 +52,6 @@ pub struct SampleJson {
     pub totals: CountsJson,
 }
 
-fn totals(s: &pb::RolloutSample) -> CountsJson {
-    let mut t = CountsJson::default();
-    for c in &s.counts {
-        t.targeted += c.targeted;
-        t.pending += c.pending;
-        t.offered += c.offered;
-        t.installed += c.installed;
-        t.updated += c.updated;
-        t.failed += c.failed;
-        t.rolled_back += c.rolled_back;
-        t.excluded += c.excluded;
-    }
-    t
-}
-
 fn stage_name(s: &pb::RolloutSample) -> Option<String> {
     s.counts
         .get(s.current_stage as usize)
@@ -90,7 +75,7 @@ pub fn sample_json(s: &pb::RolloutSample) -> SampleJson {
                 counts: c.into(),
             })
             .collect(),
-        totals: totals(s),
+        totals: totals(&s.counts),
     }
 }
 
@@ -109,7 +94,7 @@ pub fn history_table(samples: &[pb::RolloutSample]) -> Table {
         "ROLLED BACK",
     ]);
     for s in samples {
-        let t = totals(s);
+        let t = totals(&s.counts);
         table.row(vec![
             utc_text(s.time),
             state_word(s.state).into(),

@@ -313,9 +313,9 @@ fn stage_counts(r: &pb::RolloutInfo, index: usize) -> Option<&pb::StageCounts> {
 }
 
 /// Sums counts over all stages.
-pub fn totals(r: &pb::RolloutInfo) -> CountsJson {
+pub fn totals(counts: &[pb::StageCounts]) -> CountsJson {
     let mut t = CountsJson::default();
-    for c in &r.counts {
+    for c in counts {
         t.targeted += c.targeted;
         t.pending += c.pending;
         t.offered += c.offered;
@@ -359,7 +359,7 @@ pub fn rollout_json(r: &pb::RolloutInfo) -> RolloutJson {
                 counts: stage_counts(r, i).map(CountsJson::from),
             })
             .collect(),
-        totals: totals(r),
+        totals: totals(&r.counts),
     }
 }
 
@@ -438,7 +438,7 @@ pub fn stage_table(r: &pb::RolloutInfo) -> Table {
 
 /// The `key: value` lines above the stage table.
 pub fn status_fields(r: &pb::RolloutInfo, now: u64) -> Vec<(&'static str, String)> {
-    let t = totals(r);
+    let t = totals(&r.counts);
     let mut fields = vec![
         ("rollout", r.rollout_id.clone()),
         ("release", r.release_id.clone()),
@@ -541,7 +541,7 @@ async fn list(ctx: &mut Ctx) -> anyhow::Result<()> {
         "ID", "RELEASE", "STATE", "STAGE", "UPDATED", "FAILED", "CREATED", "REASON",
     ]);
     for r in &rollouts {
-        let t = totals(r);
+        let t = totals(&r.counts);
         table.row(vec![
             r.rollout_id.clone(),
             r.release_id.clone(),

@@ -174,7 +174,7 @@ pub fn event_line(e: &pb::Event) -> String {
 
 /// The plain-line form of a status.
 pub fn status_line(r: &pb::RolloutInfo) -> String {
-    let t = super::totals(r);
+    let t = super::totals(&r.counts);
     let mut line = format!(
         "status  {}  stage {}  updated {}/{}  in flight {}  failed {}  rolled back {}  excluded {}",
         state_word(r.state),
