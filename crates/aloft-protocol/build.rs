@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "aloft/v1/signed.proto",
         "aloft/v1/device.proto",
         "aloft/v1/admin.proto",
+        "aloft/v1/ops.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());

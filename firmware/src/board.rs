@@ -22,7 +22,8 @@ pub const PRODUCT: &str = "aloft-sample";
 pub const HARDWARE: &str = "sim-1";
 /// Erase sector size of the simulated NOR flash.
 pub const SECTOR: u32 = 4096;
-/// Size of the state partition (two banks of 8 sectors).
+/// Size of the state partition: two halves of the state log (7 sectors
+/// each) and two TrustRoot copies (one sector each).
 pub const STATE_SIZE: u32 = 16 * SECTOR;
 /// Default slot size: the stripped firmware image (about 5 MB with the
 /// `firmware` profile) with room to grow.
@@ -45,6 +46,7 @@ pub fn layout(slot_size: u32) -> Layout {
         slot_a: Partition::new(STATE_SIZE, slot_size, SECTOR),
         slot_b: Partition::new(STATE_SIZE + slot_size, slot_size, SECTOR),
         manifest_area: aloft_device::DEFAULT_MANIFEST_AREA,
+        trust_area: aloft_device::DEFAULT_TRUST_AREA,
     }
 }
 

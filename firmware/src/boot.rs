@@ -43,6 +43,10 @@ pub struct BootOptions {
     pub watchdog: Duration,
     /// Pause between a reset and the next boot.
     pub reset_delay: Duration,
+    /// Where the first factory boot writes the device's registration
+    /// request (one JSON line) when its identity bundle is a template
+    /// without a key (default: next to the bundle, `STEM.request.json`).
+    pub request_out: PathBuf,
 }
 
 impl BootOptions {
@@ -54,6 +58,7 @@ impl BootOptions {
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
         Self {
             flash,
+            request_out: identity.with_extension("request.json"),
             identity,
             work_dir,
             watchdog: Duration::from_secs(5),
@@ -104,6 +109,18 @@ pub enum BootEvent {
     },
     /// The firmware confirmed itself.
     Confirmed,
+    /// First factory boot: the identity bundle was a template, so the
+    /// device made its key pair (kept in the bundle only) and wrote its
+    /// signed registration request for the station to register.
+    Enrolled {
+        /// The device id.
+        device_id: String,
+        /// Where the request was written.
+        request: String,
+        /// False when the bundle already held a key (a restart before the
+        /// station took the request): a fresh request under the same key.
+        key_made: bool,
+    },
     /// The firmware run ended and the device resets.
     Reset {
         /// Why.
@@ -121,6 +138,19 @@ pub enum BootError {
         path: PathBuf,
         /// What failed.
         source: crate::BoardError,
+    },
+    /// The flash holds no confirmed factory image to enrol with.
+    #[error(
+        "first factory boot: the flash holds no confirmed factory image (write one with `aloft-release factory` first)"
+    )]
+    NoFactoryImage,
+    /// The registration request could not be written.
+    #[error("registration request {path}: {source}")]
+    Request {
+        /// The request file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
     },
     /// The identity bundle could not be used.
     #[error("identity bundle {path}: {source}")]
@@ -158,9 +188,18 @@ pub fn run(
         path: opts.identity.clone(),
         source,
     };
-    let identity = Identity::load(&opts.identity).map_err(identity_error)?;
-    // Verified without expiry (as at boot): see `Identity::from_bundle`.
-    let trust = identity.trust_root().clone();
+    let identity = match Identity::load(&opts.identity) {
+        Err(IdentityError::NoKey) => {
+            let (identity, event) = enroll_at_first_boot(opts)?;
+            if on_event(&event).is_break() {
+                return Ok(0);
+            }
+            identity
+        }
+        other => other.map_err(identity_error)?,
+    };
+    // Boot checks each slot against what the device recorded when it
+    // verified the image (no TrustRoot needed: see `Device::boot`).
     let config = identity.device_config().map_err(identity_error)?;
     let mut boots = 0;
     while !stop.load(Ordering::SeqCst) {
@@ -170,12 +209,12 @@ pub fn run(
                 source,
             })?;
         let mut device = Device::open(flash, layout, config.clone()).map_err(BootError::Device)?;
-        let booted = device.boot(&trust).map_err(BootError::Device)?;
+        let booted = device.boot().map_err(BootError::Device)?;
         boots += 1;
         let attempts_left = device.trial().map_or(0, |(_, n)| n);
         let boot = device.boot_count();
         let mut flash = device.into_flash();
-        let mut image = vec![0u8; booted.manifest.image_len as usize];
+        let mut image = vec![0u8; booted.manifest.image_len() as usize];
         flash
             .read(layout.slot(booted.slot).offset, &mut image)
             .map_err(|e| BootError::Board {
@@ -183,15 +222,15 @@ pub fn run(
                 source: e.into(),
             })?;
         drop(flash);
-        if Digest::of(&image) != booted.manifest.image_digest {
+        if Digest::of(&image) != booted.manifest.image_digest() {
             return Err(BootError::CopyMismatch(booted.slot));
         }
         let slot = if booted.slot == Slot::A { 'A' } else { 'B' };
         let event = BootEvent::Booted {
             boot,
             slot,
-            release: booted.manifest.release_id.to_string(),
-            version: booted.manifest.version.to_string(),
+            release: booted.manifest.release_id().to_string(),
+            version: booted.manifest.version().to_string(),
             trial: booted.trial,
             attempts_left,
         };
@@ -209,10 +248,6 @@ pub fn run(
             .env(watchdog::ENV_IDENTITY, &opts.identity)
             .env(watchdog::ENV_SLOT, slot.to_string())
             .env(watchdog::ENV_TRIAL, if booted.trial { "1" } else { "0" })
-            .env(
-                watchdog::ENV_SECURITY_VERSION,
-                booted.manifest.security_version.0.to_string(),
-            )
             .env(
                 watchdog::ENV_WATCHDOG_MS,
                 opts.watchdog.as_millis().to_string(),
@@ -234,6 +269,59 @@ pub fn run(
         sleep_unless_stopped(opts.reset_delay, stop);
     }
     Ok(boots)
+}
+
+/// The first factory boot of a device whose bundle is a template: reads
+/// the factory image's version from the flash (without a boot decision, so
+/// no boot is counted), makes the key and the registration request
+/// ([`aloft_agent::enroll`]) and writes the request to
+/// [`BootOptions::request_out`] (temporary file, synced, renamed).
+fn enroll_at_first_boot(opts: &BootOptions) -> Result<(Identity, BootEvent), BootError> {
+    let identity_error = |source| BootError::Identity {
+        path: opts.identity.clone(),
+        source,
+    };
+    let (_, _, config) = aloft_agent::factory_view(&opts.identity).map_err(identity_error)?;
+    let (flash, layout) = board::open_flash(&opts.flash).map_err(|source| BootError::Board {
+        path: opts.flash.clone(),
+        source,
+    })?;
+    let device = Device::open(flash, layout, config).map_err(BootError::Device)?;
+    let factory_version = device.active_version().ok_or(BootError::NoFactoryImage)?;
+    drop(device);
+    let enrollment = aloft_agent::enroll::enroll(
+        &opts.identity,
+        &aloft_agent::enroll::EnrollOptions {
+            factory_version,
+            payloads: None,
+            now: aloft_agent::WallClock::now(&aloft_agent::SystemClock),
+        },
+    )
+    .map_err(identity_error)?;
+    let device_id = enrollment.identity.device_id().to_string();
+    let mut line = aloft_agent::enroll::request_line(&device_id, &enrollment.request);
+    line.push('\n');
+    write_synced(&opts.request_out, line.as_bytes()).map_err(|source| BootError::Request {
+        path: opts.request_out.clone(),
+        source,
+    })?;
+    let event = BootEvent::Enrolled {
+        device_id,
+        request: opts.request_out.display().to_string(),
+        key_made: enrollment.key_made,
+    };
+    Ok((enrollment.identity, event))
+}
+
+/// Writes `bytes` to `path` whole or not at all (temporary file, fsync,
+/// rename).
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Where the image of `slot` is written before it is started.

@@ -16,12 +16,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use aloft_agent::{Agent, AgentConfig, Identity, Outcome, RunningFirmware};
+use aloft_agent::{Agent, AgentConfig, Identity, Outcome};
 use aloft_device::{Device, Slot};
 use aloft_firmware::board;
 use aloft_firmware::config::{self, Fault, FirmwareConfig};
 use aloft_firmware::watchdog::{self, EXIT_CRASH, EXIT_HEALTH_FAILED, EXIT_REBOOT, Event};
-use aloft_protocol::SecurityVersion;
 use anyhow::{Context as _, anyhow};
 
 /// What the boot simulator handed over.
@@ -30,7 +29,6 @@ struct Boot {
     identity: PathBuf,
     slot: Slot,
     trial: bool,
-    security_version: SecurityVersion,
     watchdog: Duration,
 }
 
@@ -54,10 +52,6 @@ impl Boot {
             identity: var(watchdog::ENV_IDENTITY)?.into(),
             slot,
             trial: var(watchdog::ENV_TRIAL)? == "1",
-            security_version: SecurityVersion(
-                u32::try_from(number(watchdog::ENV_SECURITY_VERSION)?)
-                    .map_err(|_| "security version out of range".to_owned())?,
-            ),
             watchdog: Duration::from_millis(number(watchdog::ENV_WATCHDOG_MS)?.max(1)),
         })
     }
@@ -151,7 +145,15 @@ fn health_check(
             device.booted_slot()
         ));
     }
-    Ok(())
+    // The image the device core verified for this slot is this build.
+    match device.running() {
+        Some(image) if image.version == cfg.version => Ok(()),
+        Some(image) => Err(format!(
+            "this build is {} but the device recorded {} for slot {:?}",
+            cfg.version, image.version, boot.slot
+        )),
+        None => Err("the device state records no image for the booted slot".into()),
+    }
 }
 
 /// Health check, confirm, then the device agent until it asks for a reboot.
@@ -163,12 +165,7 @@ fn run(cfg: &FirmwareConfig, boot: &Boot) -> anyhow::Result<Exit> {
     if let Err(e) = health_check(cfg, boot, &device) {
         return Ok(Exit::HealthFailed(e));
     }
-    let running = RunningFirmware {
-        version: cfg.version,
-        security_version: boot.security_version,
-        slot: boot.slot,
-    };
-    let mut agent = Agent::new(identity, device, running, agent_config()?)?;
+    let mut agent = Agent::new(identity, device, agent_config()?)?;
     agent.confirm().context("confirming this image")?;
     Event::Confirmed.send();
     tracing::info!(version = %cfg.version, "confirmed; running the agent");

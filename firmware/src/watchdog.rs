@@ -8,8 +8,6 @@
 //! - [`ENV_IDENTITY`]: the device's identity bundle (`identity.pb`);
 //! - [`ENV_SLOT`]: `A` or `B`, the slot started; [`ENV_TRIAL`]: `1` for an
 //!   unconfirmed trial image, `0` otherwise;
-//! - [`ENV_SECURITY_VERSION`]: the security version of the started image's
-//!   verified manifest (the firmware reports it to the server);
 //! - [`ENV_WATCHDOG_MS`]: the watchdog timeout in milliseconds.
 //!
 //! **Channel.** The firmware's standard output is the watchdog channel; logs
@@ -35,8 +33,6 @@ pub const ENV_IDENTITY: &str = "ALOFT_IDENTITY";
 pub const ENV_SLOT: &str = "ALOFT_BOOT_SLOT";
 /// Environment variable: `1` if the image is an unconfirmed trial.
 pub const ENV_TRIAL: &str = "ALOFT_BOOT_TRIAL";
-/// Environment variable: the security version of the started image.
-pub const ENV_SECURITY_VERSION: &str = "ALOFT_BOOT_SECURITY_VERSION";
 /// Environment variable: the watchdog timeout in milliseconds.
 pub const ENV_WATCHDOG_MS: &str = "ALOFT_WATCHDOG_MS";
 

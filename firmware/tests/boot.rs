@@ -14,16 +14,16 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use aloft_device::{Device, ReportDetail, ReportKind, Slot};
+use aloft_device::{Clock, Device, ReportDetail, ReportKind, SessionBinding, Slot};
 use aloft_firmware::board::{self, FileFlash};
 use aloft_firmware::boot::{self, BootEvent, BootOptions, Outcome};
 use aloft_firmware::config::{self, Fault, FirmwareConfig};
+use aloft_protocol::envelope;
+use aloft_protocol::keys::Domain;
 use aloft_protocol::payload::TAG_LEN;
 use aloft_protocol::prost::Message as _;
-use aloft_protocol::trust::{
-    VerifiedDirective, VerifiedTrustRoot, VerifiedUpdate, WrappedContentKey,
-};
-use aloft_protocol::{DeviceId, DeviceNonce, SecretKey, UnixTime, Version, pb};
+use aloft_protocol::trust::VerifiedTrustRoot;
+use aloft_protocol::{DeviceId, DeviceNonce, SecretKey, UnixTime, Version, pb, wrap};
 
 mod common;
 
@@ -42,7 +42,7 @@ impl Rig {
         let dir = tempfile::tempdir().unwrap();
         let keys = Keys::new();
         let envelope = keys.trust_root();
-        let trust = VerifiedTrustRoot::from_initial(&envelope, UnixTime(NOW)).unwrap();
+        let trust = VerifiedTrustRoot::trust_on_first_use(&envelope, UnixTime(NOW)).unwrap();
         let identity = pb::IdentityBundle {
             device_id: "dev-1".into(),
             private_key: SecretKey::generate().to_bytes().to_vec(),
@@ -99,11 +99,7 @@ impl Rig {
     }
 
     fn config(&self) -> aloft_device::DeviceConfig {
-        aloft_device::DeviceConfig {
-            product: board::PRODUCT.into(),
-            hardware: board::HARDWARE.into(),
-            trial_attempts: aloft_device::DEFAULT_TRIAL_ATTEMPTS,
-        }
+        aloft_device::DeviceConfig::new(board::PRODUCT, board::HARDWARE)
     }
 
     fn release(&self, version: Version, fault: Fault) -> Release {
@@ -120,22 +116,38 @@ impl Rig {
     /// Installs `rel` into slot B as a pending trial.
     fn install(&self, rel: &Release) {
         let mut dev = self.open();
-        let update = VerifiedUpdate {
-            directive: VerifiedDirective {
-                device_id: DeviceId::new("dev-1").unwrap(),
-                device_nonce: DeviceNonce::from_bytes([1; 16]),
-                manifest_digest: rel.manifest.digest,
-                content_key: WrappedContentKey {
-                    ephemeral: self.keys.server.public_key(),
-                    ciphertext: [0; 48],
-                },
-                server_time: UnixTime(NOW),
-                expires_at: UnixTime(NOW + 600),
+        // A real directive for this session, signed by the server key.
+        let id = DeviceId::new("dev-1").unwrap();
+        let nonce = DeviceNonce::from_bytes([1; 16]);
+        let device_key = SecretKey::generate();
+        let mut rng = rand_core::UnwrapErr(getrandom::SysRng);
+        let wrapped = wrap::wrap_content_key(&rel.key, &device_key.public_key(), &id, &mut rng);
+        let directive = envelope::seal(
+            &pb::Directive {
+                device_id: id.to_string(),
+                device_nonce: nonce.as_bytes().to_vec(),
+                manifest_digest: rel.manifest.digest().as_bytes().to_vec(),
+                content_key: Some(wrapped.to_pb()),
+                server_time: NOW,
+                expires_at: NOW + 600,
                 rollout_id: String::new(),
+                payload_url: String::new(),
             },
-            manifest: rel.manifest.clone(),
-        };
-        let mut inst = dev.begin_install(&update, &rel.envelope, &rel.key).unwrap();
+            Domain::Directive,
+            &[&self.keys.server],
+        );
+        let offer = dev
+            .verify_offer(
+                &directive,
+                rel.manifest.envelope(),
+                SessionBinding {
+                    device_id: &id,
+                    nonce: &nonce,
+                },
+                Clock::At(UnixTime(NOW)),
+            )
+            .unwrap();
+        let mut inst = dev.begin_install(&offer, &rel.key).unwrap();
         let params = rel.manifest.payload_params();
         let mut buf = vec![0u8; params.chunk_size as usize + TAG_LEN];
         for i in 0..params.chunk_count() {
@@ -383,4 +395,68 @@ fn aloft_boot_exits_non_zero_when_nothing_verifies() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.bin"));
+}
+
+/// The first factory boot of a device whose bundle is a template (no key):
+/// the boot makes the key into the bundle, writes a registration request
+/// the server would accept (signed by that key, the factory image's
+/// version), then boots as usual; later boots keep the key and write
+/// nothing.
+#[test]
+fn a_template_makes_its_key_and_request_at_the_first_factory_boot() {
+    let rig = Rig::new();
+    let mut bundle =
+        pb::IdentityBundle::decode(std::fs::read(rig.identity()).unwrap().as_slice()).unwrap();
+    bundle.private_key.clear();
+    std::fs::write(rig.identity(), bundle.encode_to_vec()).unwrap();
+    let started = |ev: &[BootEvent]| ev.iter().any(|e| matches!(e, BootEvent::Started { .. }));
+
+    let events = rig.boot_until(Duration::from_secs(5), started);
+    let request_path = rig.dir.path().join("identity.request.json");
+    assert_eq!(
+        events[0],
+        BootEvent::Enrolled {
+            device_id: "dev-1".into(),
+            request: request_path.display().to_string(),
+            key_made: true,
+        }
+    );
+    assert!(
+        matches!(&events[1], BootEvent::Booted { boot: 1, slot: 'A', version, .. } if version == "1.0.0"),
+        "enrolling counts no boot: {events:?}"
+    );
+    let stored =
+        pb::IdentityBundle::decode(std::fs::read(rig.identity()).unwrap().as_slice()).unwrap();
+    assert_eq!(stored.private_key.len(), 32, "the key is in the bundle");
+    let key = SecretKey::from_slice(&stored.private_key).unwrap();
+
+    let line = std::fs::read_to_string(&request_path).unwrap();
+    let json: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    assert_eq!(json["device_id"], "dev-1");
+    let signed = pb::SignedRegistration {
+        payload: hex::decode(json["payload"].as_str().unwrap()).unwrap(),
+        signature: hex::decode(json["signature"].as_str().unwrap()).unwrap(),
+    };
+    assert!(
+        !line.contains(&hex::encode(&stored.private_key)),
+        "the private key never leaves the bundle"
+    );
+    let verified = aloft_protocol::registration::verify(&signed).expect("a valid request");
+    assert_eq!(verified.device_id().as_str(), "dev-1");
+    assert_eq!(*verified.public_key(), key.public_key());
+    assert_eq!(verified.factory_version(), Version::new(1, 0, 0));
+
+    // The next boot has a key: no enrolment, the same key.
+    std::fs::remove_file(&request_path).unwrap();
+    let events = rig.boot_until(Duration::from_secs(5), started);
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, BootEvent::Enrolled { .. })),
+        "{events:?}"
+    );
+    assert!(!request_path.exists());
+    let again =
+        pb::IdentityBundle::decode(std::fs::read(rig.identity()).unwrap().as_slice()).unwrap();
+    assert_eq!(again.private_key, stored.private_key);
 }

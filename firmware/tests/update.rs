@@ -62,7 +62,7 @@ async fn rollout(admin: &mut Admin, token: &str, id: &str, rel: &Release) {
         .create_rollout(authed(
             pb::CreateRolloutRequest {
                 rollout_id: id.into(),
-                release_id: rel.manifest.release_id.to_string(),
+                release_id: rel.manifest.release_id().to_string(),
                 selector: String::new(),
                 ..Default::default()
             },
@@ -133,7 +133,8 @@ async fn update_then_faulty_update_rolls_back() {
     let keys = Keys::new();
     let server_key = server.server_public_key();
     let envelope = keys.trust_root_for(&server_key, NOW + 86_400);
-    let trust = VerifiedTrustRoot::from_initial(&envelope, UnixTime(common::created_at())).unwrap();
+    let trust =
+        VerifiedTrustRoot::trust_on_first_use(&envelope, UnixTime(common::created_at())).unwrap();
     admin
         .set_trust_root(authed(
             pb::SetTrustRootRequest {
@@ -160,6 +161,7 @@ async fn update_then_faulty_update_rolls_back() {
                     test_device: false,
                 }),
                 factory_version: "1.0.0".into(),
+                ..Default::default()
             },
             &token,
         ))

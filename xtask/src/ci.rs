@@ -5,11 +5,22 @@
 //! 2. clippy with `-D warnings`: the whole workspace with all features and
 //!    all targets, then the no_std crates with their default (device)
 //!    feature set, which `--all-features` never builds;
-//! 3. the tests: `cargo nextest run` when cargo-nextest is installed, else
+//! 3. the tests (after installing s3s-fs, the S3 server of the object-store
+//!    tests, when it is missing): `cargo nextest run` when cargo-nextest is
+//!    installed, else
 //!    `cargo test` (which includes the doctests; nextest does not run them,
 //!    so they follow it);
-//! 4. the no_std proof: build `crates/nostd-check` (see its crate docs);
-//! 5. `cargo deny check` against `deny.toml` (skipped by `--quick`).
+//! 4. the dashboard's browser tests in headless Chromium (see
+//!    `browser.rs`; Chromium and chromedriver are installed with apt-get
+//!    when missing and this runs as root, else the step fails; skipped by
+//!    `--quick`);
+//! 5. README.md's "By hand" commands, run as written (`cargo xtask readme`;
+//!    after the tests, since its commands are cargo commands; skipped by
+//!    `--quick`);
+//! 6. the no_std proof: build `crates/nostd-check` (see its crate docs);
+//! 7. the fuzz smoke run: every target of `fuzz/` briefly from its seeds
+//!    (`cargo xtask fuzz --smoke`; skipped by `--quick`);
+//! 8. `cargo deny check` against `deny.toml` (skipped by `--quick`).
 //!
 //! Environment: `ALOFT_NO_NEXTEST=1` forces the `cargo test` fallback;
 //! `ALOFT_DENY_ADVISORIES=1` also checks security advisories (which needs
@@ -25,7 +36,8 @@ use crate::cmd::{Cmd, workspace_root};
 /// Options of `cargo xtask ci`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Skip cargo-deny (for a fast local loop; CI runs everything).
+    /// Skip the browser tests, the README run, the fuzz smoke run and
+    /// cargo-deny (for a fast local loop; CI runs everything).
     #[arg(long)]
     quick: bool,
     /// Run every step even after one fails, then fail if any did (to see all
@@ -36,7 +48,7 @@ pub struct Args {
 
 /// The crates that must stay `no_std`, checked with their default features.
 /// Each must also be linked by `crates/nostd-check`.
-const NO_STD_CRATES: &[&str] = &["aloft-protocol", "aloft-device"];
+const NO_STD_CRATES: &[&str] = &["aloft-protocol", "aloft-device", "aloft-session"];
 
 /// Manifest of the no_std proof crate, relative to the workspace root.
 const NOSTD_MANIFEST: &str = "crates/nostd-check/Cargo.toml";
@@ -49,15 +61,18 @@ type Step = fn() -> Result<()>;
 
 /// Runs the CI steps.
 pub fn run(args: &Args) -> Result<()> {
-    let mut steps: Vec<(&str, Step)> = vec![
-        ("rustfmt", fmt),
-        ("clippy", clippy),
-        ("tests", tests),
-        ("no_std proof", nostd),
-    ];
+    let mut steps: Vec<(&str, Step)> = vec![("rustfmt", fmt), ("clippy", clippy), ("tests", tests)];
+    if !args.quick {
+        steps.push(("browser tests", crate::browser::run));
+        steps.push(("README by hand", readme));
+    }
+    steps.push(("no_std proof", nostd));
     if args.quick {
-        println!("--quick: cargo-deny will be skipped");
+        println!(
+            "--quick: the browser tests, the README run, the fuzz smoke run and cargo-deny will be skipped"
+        );
     } else {
+        steps.push(("fuzz smoke", crate::fuzz::smoke));
         steps.push(("cargo-deny", deny));
     }
 
@@ -90,7 +105,7 @@ pub fn run(args: &Args) -> Result<()> {
     println!(
         "\nCI passed{}",
         if args.quick {
-            " (--quick: cargo-deny skipped)"
+            " (--quick: the browser tests, the README run, fuzz smoke and cargo-deny skipped)"
         } else {
             ""
         }
@@ -148,7 +163,50 @@ fn clippy() -> Result<()> {
         .run()
 }
 
+/// The s3s-fs release the object-store tests run against (keep in step
+/// with `crates/aloft-server/tests/support/s3s.rs`).
+const S3S_FS_VERSION: &str = "0.14.1";
+
+/// Installs s3s-fs, the S3-protocol server of the object-store tests, when
+/// it is missing (and `ALOFT_S3S_FS` does not name one).
+fn ensure_s3s_fs() -> Result<()> {
+    if std::env::var_os("ALOFT_S3S_FS").is_some() {
+        return Ok(());
+    }
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("s3s-fs").is_file()));
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    let in_cargo_home = cargo_home.is_some_and(|h| h.join("bin").join("s3s-fs").is_file());
+    if on_path || in_cargo_home {
+        return Ok(());
+    }
+    println!(
+        "s3s-fs not found: installing it with `cargo install --locked s3s-fs --version \
+         {S3S_FS_VERSION} --features binary` (the S3 server of the object-store tests; once \
+         per machine)"
+    );
+    let started = Instant::now();
+    Cmd::cargo([
+        "install",
+        "--locked",
+        "s3s-fs",
+        "--version",
+        S3S_FS_VERSION,
+        "--features",
+        "binary",
+    ])
+    .env("CARGO_PROFILE_RELEASE_LTO", "off")
+    .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16")
+    .run()
+    .context("installing s3s-fs")?;
+    println!("s3s-fs installed in {}", human(started.elapsed()));
+    Ok(())
+}
+
 fn tests() -> Result<()> {
+    ensure_s3s_fs()?;
     let nextest = std::env::var_os("ALOFT_NO_NEXTEST").is_none()
         && Cmd::cargo(["nextest", "--version"]).succeeds();
     if nextest {
@@ -193,6 +251,11 @@ fn tests() -> Result<()> {
     Ok(())
 }
 
+/// README.md's "By hand" section, run as written (see `readme`).
+fn readme() -> Result<()> {
+    crate::readme::run(&crate::readme::Args::default())
+}
+
 /// Where the no_std proof builds: `nostd-check/` under the target dir, so
 /// `cargo clean` covers it and the crate directory stays clean.
 fn nostd_target_dir() -> Result<PathBuf> {
@@ -233,7 +296,13 @@ fn nostd() -> Result<()> {
         .args(["--", "-D", "warnings"])
         .run()
         .with_context(hint)?;
-    common("build").run().with_context(hint)
+    common("build").run().with_context(hint)?;
+    // A signature-only device: the device core without its decrypting
+    // installer (aloft-device's `decrypt` feature off).
+    common("build")
+        .args(["--no-default-features"])
+        .run()
+        .with_context(hint)
 }
 
 /// Whether the advisory check runs, and why.

@@ -10,11 +10,15 @@
 //!    powers it on under `aloft-boot` (bootloader, watchdog, reset loop).
 //! 5. Rolls 1.1.0 out in stages (test devices, 50 %, 100 %) that advance by
 //!    themselves once they soaked and their devices confirmed.
-//! 6. Rolls 1.2.0 out: the test devices install it, its health check fails,
+//! 6. Rotates the TrustRoot (version 2: a new root key, the server's next
+//!    directive key) and waits until every device has taken it in its
+//!    session: the server switches to the new directive key, and devices
+//!    walk the chain from the root they were provisioned with.
+//! 7. Rolls 1.2.0 out: the test devices install it, its health check fails,
 //!    the watchdog and boot attempts send them back to 1.1.0, the old firmware
 //!    reports the rollback, and the health gate pauses the rollout before any
 //!    other device gets it.
-//! 7. Prints who runs what, and exits non-zero if any outcome is missing.
+//! 8. Prints who runs what, and exits non-zero if any outcome is missing.
 //!
 //! Everything lives under `target/demo/` (logs included) and every process
 //! the demo starts is stopped when it ends, fails or is interrupted.
@@ -245,6 +249,33 @@ impl Demo {
             },
         )?;
 
+        step(
+            "TrustRoot rotation: version 2 with a new root key and the server's next directive key",
+        );
+        self.tool(
+            &self.bins.release,
+            &[
+                "keys".as_ref(),
+                "rotate".as_ref(),
+                "--keys".as_ref(),
+                keys.as_os_str(),
+                "--new-root".as_ref(),
+                "--next-server-key".as_ref(),
+                data.as_os_str(),
+            ],
+        )?;
+        self.aloft(&[
+            "trust-root",
+            "set",
+            &keys.join("trust-root.pb").display().to_string(),
+        ])?;
+        self.wait(
+            "every device holding TrustRoot v2 (sent in its session)",
+            None,
+            |_, devices| Ok(devices.values().all(|d| d["trust_root_version"] == 2)),
+        )?;
+        self.say("every device took TrustRoot v2; the server now signs with its new directive key");
+
         step("rollout of 1.2.0, whose health check fails: test devices first");
         self.create_rollout("1.2.0", "test,100%")?;
         let tests: Vec<&str> = fleet
@@ -280,9 +311,9 @@ impl Demo {
         print_fleet(&fleet, &devices);
         check_outcome(&fleet, &devices)?;
         println!(
-            "\nDemo complete in {:.0} s: 1.1.0 reached every device stage by stage; 1.2.0 failed \
-             on the test devices, which rolled back to 1.1.0 and reported it, and the rollout \
-             paused before any other device took it.",
+            "\nDemo complete in {:.0} s: 1.1.0 reached every device stage by stage; a TrustRoot \
+             rotation reached every device; 1.2.0 failed on the test devices, which rolled back \
+             to 1.1.0 and reported it, and the rollout paused before any other device took it.",
             self.started.elapsed().as_secs_f64()
         );
 
@@ -292,6 +323,14 @@ impl Demo {
                 println!("  export {k}={v}");
             }
             println!("  cargo run -q -p aloft-cli -- device list");
+            if let Some(url) = self.dashboard_url() {
+                println!(
+                    "Dashboard: {url} (sign in with the token in {}; the browser warns about the \
+                     demo's own CA, {})",
+                    self.dir.join("server").join("admin-token").display(),
+                    self.dir.join("keys").join("ca.pem").display()
+                );
+            }
             println!("Ctrl-C stops the server and the devices.");
             while !self.stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(200));
@@ -323,13 +362,29 @@ impl Demo {
         Ok(())
     }
 
+    /// The dashboard's URL, from the server's log (`--web`).
+    fn dashboard_url(&self) -> Option<String> {
+        let log = std::fs::read_to_string(log_path(&self.dir.join("logs"), "server")).ok()?;
+        let addr = log
+            .lines()
+            .find_map(|l| l.strip_prefix("aloft-server dashboard on "))?;
+        let port = addr.trim().trim_end_matches('/').rsplit(':').next()?;
+        Some(format!("https://localhost:{port}/"))
+    }
+
     /// Starts the server on a port the OS picks; returns the port.
     fn start_server(&mut self, keys: &Path, data: &Path) -> Result<u16> {
         let log = log_path(&self.dir.join("logs"), "server");
         let mut cmd = Command::new(&self.bins.server);
         cmd.arg("--data")
             .arg(data)
-            .args(["--listen", "127.0.0.1:0", "--tls-cert"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--web",
+                "127.0.0.1:0",
+                "--tls-cert",
+            ])
             .arg(keys.join("server.pem"))
             .arg("--tls-key")
             .arg(keys.join("server.key"))
@@ -581,10 +636,14 @@ fn fleet(n: u32) -> Vec<Device> {
 fn fleet_line(devices: &BTreeMap<String, Value>, show_online: bool) -> String {
     let mut versions: BTreeMap<String, u32> = BTreeMap::new();
     let mut statuses: BTreeMap<String, u32> = BTreeMap::new();
+    let mut roots: BTreeMap<u64, u32> = BTreeMap::new();
     let mut online = 0;
     for d in devices.values() {
         let v = d["firmware_version"].as_str().unwrap_or("-").to_owned();
         *versions.entry(v).or_default() += 1;
+        *roots
+            .entry(d["trust_root_version"].as_u64().unwrap_or(0))
+            .or_default() += 1;
         *statuses
             .entry(d["status"].as_str().unwrap_or("?").to_owned())
             .or_default() += 1;
@@ -597,6 +656,10 @@ fn fleet_line(devices: &BTreeMap<String, Value>, show_online: bool) -> String {
     line.push_str(" ·");
     for (s, n) in &statuses {
         let _ = write!(line, " {s} {n}");
+    }
+    line.push_str(" · root");
+    for (v, n) in &roots {
+        let _ = write!(line, " v{v}×{n}");
     }
     if show_online {
         let _ = write!(line, " · online {online}/{}", devices.len());
@@ -629,27 +692,30 @@ fn rollout_line(r: &Value) -> String {
 
 fn print_fleet(fleet: &[Device], devices: &BTreeMap<String, Value>) {
     println!(
-        "{:<8} {:<5} {:<6} {:<18} {:<8} {:<5} {:<12} release",
-        "device", "test", "region", "time zone", "version", "slot", "status"
+        "{:<8} {:<5} {:<6} {:<18} {:<8} {:<5} {:<5} {:<12} release",
+        "device", "test", "region", "time zone", "version", "slot", "root", "status"
     );
     for device in fleet {
         let d = devices.get(&device.id).cloned().unwrap_or(Value::Null);
         println!(
-            "{:<8} {:<5} {:<6} {:<18} {:<8} {:<5} {:<12} {}",
+            "{:<8} {:<5} {:<6} {:<18} {:<8} {:<5} {:<5} {:<12} {}",
             device.id,
             if device.test { "yes" } else { "" },
             device.region,
             device.time_zone,
             d["firmware_version"].as_str().unwrap_or("-"),
             d["slot"].as_str().unwrap_or("-"),
+            d["trust_root_version"]
+                .as_u64()
+                .map_or_else(|| "-".to_owned(), |v| format!("v{v}")),
             d["status"].as_str().unwrap_or("-"),
             d["release_id"].as_str().unwrap_or("-"),
         );
     }
 }
 
-/// The outcome the demo promises: every device runs 1.1.0; the test devices
-/// rolled back from 1.2.0; nobody else was offered 1.2.0.
+/// The outcome the demo promises: every device runs 1.1.0 under TrustRoot
+/// v2; the test devices rolled back from 1.2.0; nobody else was offered 1.2.0.
 fn check_outcome(fleet: &[Device], devices: &BTreeMap<String, Value>) -> Result<()> {
     let mut wrong = Vec::new();
     for device in fleet {
@@ -665,10 +731,15 @@ fn check_outcome(fleet: &[Device], devices: &BTreeMap<String, Value>) -> Result<
         if d["firmware_version"] != "1.1.0"
             || d["status"] != want_status
             || d["release_id"] != want_release
+            || d["trust_root_version"] != 2
         {
             wrong.push(format!(
-                "{}: expected 1.1.0 {want_status} ({want_release}), found {} {} ({})",
-                device.id, d["firmware_version"], d["status"], d["release_id"]
+                "{}: expected 1.1.0 {want_status} ({want_release}) on TrustRoot v2, found {} {} ({}) on v{}",
+                device.id,
+                d["firmware_version"],
+                d["status"],
+                d["release_id"],
+                d["trust_root_version"]
             ));
         }
     }
@@ -715,13 +786,25 @@ mod tests {
             };
             devices.insert(
                 d.id.clone(),
-                serde_json::json!({"firmware_version": "1.1.0", "status": status, "release_id": release}),
+                serde_json::json!({
+                    "firmware_version": "1.1.0",
+                    "status": status,
+                    "release_id": release,
+                    "trust_root_version": 2,
+                }),
             );
         }
         check_outcome(&f, &devices).unwrap();
         devices.get_mut("dev-03").unwrap()["firmware_version"] = "1.0.0".into();
         let err = check_outcome(&f, &devices).unwrap_err().to_string();
         assert!(err.contains("dev-03: expected 1.1.0 updated"), "{err}");
+        devices.get_mut("dev-03").unwrap()["firmware_version"] = "1.1.0".into();
+        devices.get_mut("dev-02").unwrap()["trust_root_version"] = 1.into();
+        let err = check_outcome(&f, &devices).unwrap_err().to_string();
+        assert!(
+            err.contains("dev-02: expected") && err.contains("on v1"),
+            "{err}"
+        );
         devices.remove("dev-01");
         let err = check_outcome(&f, &devices).unwrap_err().to_string();
         assert!(err.contains("dev-01 is missing"), "{err}");

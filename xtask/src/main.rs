@@ -5,10 +5,13 @@
 //! `cargo` and friends and stop at the first failure with a non-zero exit.
 
 mod bench;
+mod browser;
 mod ci;
 mod cmd;
 mod demo;
+mod fuzz;
 mod keys;
+mod readme;
 mod release;
 
 use std::process::ExitCode;
@@ -38,6 +41,14 @@ enum Task {
     Demo(demo::Args),
     /// Run the benchmarks; writes BENCHMARKS.md and raw JSON.
     Bench(bench::Args),
+    /// Run README.md's "By hand" commands as written (in target/readme/).
+    Readme(readme::Args),
+    /// Run the fuzz targets of fuzz/: `--smoke` (all, briefly), one target
+    /// for longer, or `--seed` to regenerate the seed corpus.
+    Fuzz(fuzz::Args),
+    /// Run the dashboard's browser tests as CI does (installing Chromium
+    /// and chromedriver with apt-get when they are missing).
+    Browser(browser::Args),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +59,9 @@ fn main() -> ExitCode {
         Task::Release(args) => release::run(&args),
         Task::Demo(args) => demo::run(&args),
         Task::Bench(args) => bench::run(&args),
+        Task::Readme(args) => readme::run(&args),
+        Task::Fuzz(args) => fuzz::run(&args),
+        Task::Browser(args) => browser::task(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,29 +1,36 @@
 //! The runtime: one [`Agent`] per device, driving sessions, offers,
 //! downloads and reconnects over a [`Device`].
+//!
+//! The session protocol itself (challenge, hello, seq, ordering, when to
+//! heartbeat, when the session ends) is `aloft_session::device`'s state
+//! machine; this module is its driver: it owns the gRPC stream, the clocks,
+//! the device key and the flash, and carries out the machine's actions.
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::{Pin, pin};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aloft_device::{Booted, Device, Installer, ReportId, Slot};
-use aloft_protocol::pb::device_message::Body;
+use aloft_device::{Booted, Clock, Device, Installer, ReportId, SessionBinding, Slot};
 use aloft_protocol::pb::device_service_client::DeviceServiceClient;
-use aloft_protocol::pb::server_to_device::Kind;
 use aloft_protocol::prost::Message as _;
-use aloft_protocol::trust::{DeviceContext, VerifiedUpdate, verify_update};
 use aloft_protocol::{
-    DeviceNonce, ReleaseId, SecurityVersion, UnixTime, Version, device_msg, pb, wrap,
+    DeviceNonce, ReleaseId, SecurityVersion, UnixTime, Version, device_msg, pb, wire, wrap,
 };
+use aloft_session::device::{
+    Action, DeviceSession, End, InstallResult, Installed, Snapshot, Timings,
+};
+use aloft_session::{Millis, SessionError};
 use embedded_storage::nor_flash::NorFlash;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::Request;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Streaming};
 
 use crate::backoff::{Backoff, BackoffConfig, random_u64};
 use crate::connect;
+use crate::direct::{DirectFailure, Fetched, PayloadTls};
 use crate::error::{AgentError, OfferError};
 use crate::identity::Identity;
 
@@ -31,6 +38,26 @@ use crate::identity::Identity;
 const MAX_VOLATILE_REPORTS: usize = 8;
 /// Longest report detail the server accepts.
 const MAX_DETAIL: usize = 1024;
+
+/// The device's wall clock (Unix time), behind a trait so tests can move it.
+pub trait WallClock: Send + Sync + std::fmt::Debug {
+    /// Now.
+    fn now(&self) -> UnixTime;
+}
+
+/// The operating system's clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl WallClock for SystemClock {
+    fn now(&self) -> UnixTime {
+        UnixTime(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        )
+    }
+}
 
 /// Timings and limits of the agent.
 #[derive(Clone, Debug)]
@@ -53,6 +80,15 @@ pub struct AgentConfig {
     pub report_ack_wait: Duration,
     /// Source address for connections (`None`: the OS chooses).
     pub local_address: Option<IpAddr>,
+    /// The device's real-time clock (`None`: it has none, and its attested
+    /// time stands in for now; see `aloft_device::TimePolicy`).
+    pub clock: Option<Arc<dyn WallClock>>,
+    /// Which certificates a directive's `payload_url` may present (see
+    /// [`crate::direct`]).
+    pub payload_tls: PayloadTls,
+    /// Bytes asked for per Range request of a direct download (whole
+    /// chunks, at least one).
+    pub payload_request_bytes: u64,
 }
 
 impl Default for AgentConfig {
@@ -66,11 +102,27 @@ impl Default for AgentConfig {
             max_check_in: Duration::from_secs(24 * 3600),
             report_ack_wait: Duration::from_secs(5),
             local_address: None,
+            clock: Some(Arc::new(SystemClock)),
+            payload_tls: PayloadTls::default(),
+            payload_request_bytes: crate::direct::REQUEST_BYTES,
         }
     }
 }
 
-/// The firmware that is running, as the firmware itself reports it.
+impl AgentConfig {
+    fn timings(&self) -> Timings {
+        Timings {
+            heartbeat: self.heartbeat,
+            message_timeout: self.message_timeout,
+            default_check_in: self.default_check_in,
+            max_check_in: self.max_check_in,
+            report_ack_wait: self.report_ack_wait,
+        }
+    }
+}
+
+/// The firmware that is running, as the device core recorded it when the
+/// image was verified.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunningFirmware {
     /// Its version (offers must be newer).
@@ -85,8 +137,8 @@ impl RunningFirmware {
     /// From the boot decision's result.
     pub fn from_booted(booted: &Booted) -> Self {
         Self {
-            version: booted.manifest.version,
-            security_version: booted.manifest.security_version,
+            version: booted.manifest.version(),
+            security_version: booted.manifest.security_version(),
             slot: booted.slot,
         }
     }
@@ -137,13 +189,21 @@ pub enum Event {
     Authenticated {
         /// From connected to Welcome (challenge, hello, welcome).
         elapsed: Duration,
-        /// The session's check-in period.
-        check_in: Duration,
     },
     /// The server durably recorded reports.
     ReportsAcked {
         /// How many of ours.
         count: usize,
+    },
+    /// The device took TrustRoot successors and stored the newest.
+    TrustRootUpdated {
+        /// Its version.
+        version: u32,
+    },
+    /// A TrustRoot update was refused; the device keeps its root.
+    TrustRootRefused {
+        /// Why.
+        error: String,
     },
     /// An offer arrived (release id as the manifest claims, unverified).
     OfferReceived {
@@ -171,6 +231,32 @@ pub enum Event {
         /// Chunks in the release.
         chunk_count: u32,
     },
+    /// The directive names a payload URL: chunks come from there first.
+    DirectDownloadStarted {
+        /// The release.
+        release_id: ReleaseId,
+        /// The URL's host (the URL itself may carry a signature).
+        host: String,
+        /// First chunk asked for.
+        start_chunk: u32,
+    },
+    /// The direct download stopped before the end; the rest comes over the
+    /// gRPC download from `next_chunk`. Nothing refused was written.
+    DirectDownloadFailed {
+        /// The release.
+        release_id: ReleaseId,
+        /// What went wrong.
+        kind: DirectFailure,
+        /// The whole error.
+        error: String,
+        /// The resume point the gRPC download starts from.
+        next_chunk: u32,
+    },
+    /// Every chunk came from the payload URL.
+    DirectDownloadCompleted {
+        /// The release.
+        release_id: ReleaseId,
+    },
     /// A chunk was authenticated and written.
     ChunkWritten {
         /// Its index.
@@ -192,25 +278,12 @@ pub enum Event {
     },
 }
 
-enum OfferResult {
-    Installed {
-        release_id: ReleaseId,
-        version: Version,
-    },
-    Refused,
-    Deferred,
-    Shutdown,
-}
-
-/// One live session's sending half.
-struct Outbound {
-    tx: mpsc::Sender<pb::DeviceToServer>,
-    challenge: Vec<u8>,
-    seq: u64,
-    sent: HashSet<Vec<u8>>,
-}
-
 type Observer = Box<dyn FnMut(&Event) + Send + Sync>;
+
+/// Makes the channel for one session (see [`Agent::with_connector`]).
+pub type Connector = Arc<
+    dyn Fn() -> Pin<Box<dyn Future<Output = Result<Channel, AgentError>> + Send>> + Send + Sync,
+>;
 
 /// The device runtime over flash `F`: see the crate docs for how a firmware
 /// uses it.
@@ -220,6 +293,7 @@ pub struct Agent<F: NorFlash> {
     running: RunningFirmware,
     config: AgentConfig,
     endpoint: Endpoint,
+    connector: Option<Connector>,
     backoff: Backoff,
     observer: Option<Observer>,
     /// Refusal reports (no install state in flash to hang them on), re-sent
@@ -234,14 +308,6 @@ impl<F: NorFlash> std::fmt::Debug for Agent<F> {
             .field("running", &self.running)
             .finish_non_exhaustive()
     }
-}
-
-fn now() -> UnixTime {
-    UnixTime(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-    )
 }
 
 fn slot_pb(slot: Slot) -> pb::Slot {
@@ -259,30 +325,30 @@ fn claimed_release(offer: &pb::Offer) -> Option<ReleaseId> {
     ReleaseId::new(&manifest.release_id).ok()
 }
 
-async fn next_message(
-    inbound: &mut Streaming<pb::ServerToDevice>,
-    limit: Duration,
-    what: &'static str,
-) -> Result<Kind, AgentError> {
-    match tokio::time::timeout(limit, inbound.message()).await {
-        Err(_) => Err(AgentError::Timeout(what)),
-        Ok(Err(status)) => Err(status.into()),
-        Ok(Ok(None)) => Err(AgentError::SessionClosed),
-        Ok(Ok(Some(m))) => m
-            .kind
-            .ok_or_else(|| AgentError::Protocol(format!("empty message instead of {what}"))),
-    }
+fn random_report_id() -> Vec<u8> {
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&random_u64().to_le_bytes());
+    id[8..].copy_from_slice(&random_u64().to_le_bytes());
+    id.to_vec()
 }
 
 impl<F: NorFlash> Agent<F> {
     /// An agent for `device` (opened by the firmware after the boot
-    /// decision), running `running`.
+    /// decision). What runs is what the device core recorded for the booted
+    /// slot when that image was verified.
     pub fn new(
         identity: Identity,
         device: Device<F>,
-        running: RunningFirmware,
         config: AgentConfig,
     ) -> Result<Self, AgentError> {
+        let image = device
+            .running()
+            .ok_or(AgentError::Device(aloft_device::Error::NoBootableSlot))?;
+        let running = RunningFirmware {
+            version: image.version,
+            security_version: image.security_version,
+            slot: image.slot,
+        };
         let endpoint = connect::endpoint(
             identity.server_url(),
             identity.ca_pem(),
@@ -296,9 +362,25 @@ impl<F: NorFlash> Agent<F> {
             running,
             config,
             endpoint,
+            connector: None,
             observer: None,
             volatile: Vec::new(),
         })
+    }
+
+    /// Reaches the server through `connector` instead of the identity's URL:
+    /// each session calls it for a fresh channel. For simulations and tests
+    /// that run the session over an in-memory transport (and so under
+    /// `tokio::time::pause`, where real sockets would race the paused clock).
+    pub fn with_connector<Fut>(
+        mut self,
+        connector: impl Fn() -> Fut + Send + Sync + 'static,
+    ) -> Self
+    where
+        Fut: Future<Output = Result<Channel, AgentError>> + Send + 'static,
+    {
+        self.connector = Some(Arc::new(move || Box::pin(connector())));
+        self
     }
 
     /// Calls `observer` for every [`Event`] (progress, timings).
@@ -312,7 +394,7 @@ impl<F: NorFlash> Agent<F> {
         &self.identity
     }
 
-    /// The device core (state, reports, slots).
+    /// The device core (state, reports, slots, TrustRoot).
     pub fn device(&self) -> &Device<F> {
         &self.device
     }
@@ -340,9 +422,18 @@ impl<F: NorFlash> Agent<F> {
         self.device.confirm().map_err(AgentError::Device)
     }
 
+    /// The device's sense of time for verification.
+    fn clock(&self) -> Clock {
+        match &self.config.clock {
+            Some(c) => Clock::At(c.now()),
+            None => Clock::None,
+        }
+    }
+
     /// The state sent in hellos and heartbeats.
     pub fn state(&self) -> pb::DeviceState {
         let progress = self.device.install_progress();
+        let trust = self.device.trust_status(self.clock());
         pb::DeviceState {
             firmware_version: self.running.version.to_string(),
             security_version: self.running.security_version.0,
@@ -353,6 +444,10 @@ impl<F: NorFlash> Agent<F> {
                 .map(|(r, _, _)| r.to_string())
                 .unwrap_or_default(),
             download_next_chunk: progress.map_or(0, |(_, _, n)| n),
+            trust_root_version: trust.version,
+            trust_root_expires_at: trust.expires_at.0,
+            trust_root_expired: trust.expired,
+            server_clock_ahead_secs: self.device.server_clock_ahead(),
         }
     }
 
@@ -364,11 +459,29 @@ impl<F: NorFlash> Agent<F> {
         out
     }
 
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            state: self.state(),
+            reports: self.pending_reports(),
+        }
+    }
+
     fn emit(&mut self, event: Event) {
         tracing::debug!(device = %self.identity.device_id(), ?event, "agent");
         if let Some(o) = self.observer.as_mut() {
             o(&event);
         }
+    }
+
+    /// A trial image that is installed but not started yet: an install is
+    /// durable and the device must reboot into it, whatever happened to the
+    /// session that installed it.
+    fn pending_reboot(&self) -> Option<(ReleaseId, Version)> {
+        let (slot, _) = self.device.trial()?;
+        if slot == self.device.booted_slot() {
+            return None;
+        }
+        self.device.trial_image()
     }
 
     /// Runs until an install asks for a reboot or `shutdown` completes:
@@ -396,7 +509,22 @@ impl<F: NorFlash> Agent<F> {
                 Ok(SessionEnd::CheckInAfter(d)) => d,
                 Err(e) if e.is_fatal() => return Err(e),
                 Err(e) => {
-                    let delay = self.backoff.next_delay();
+                    // The reboot follows from a durable install, not from
+                    // the connection that delivered it.
+                    if let Some((release_id, version)) = self.pending_reboot() {
+                        tracing::info!(device = %self.identity.device_id(), error = %e, %release_id, "session lost after an install; rebooting into it");
+                        return Ok(Outcome::RebootRequested {
+                            release_id,
+                            version,
+                        });
+                    }
+                    // A server that says when to come back is obeyed, up to
+                    // our own longest backoff.
+                    let delay = self.backoff.next_delay().max(
+                        e.retry_after()
+                            .unwrap_or_default()
+                            .min(self.config.backoff.max),
+                    );
                     tracing::info!(device = %self.identity.device_id(), error = %e, ?delay, "session failed; retrying");
                     self.emit(Event::Retrying {
                         error: e.to_string(),
@@ -427,15 +555,28 @@ impl<F: NorFlash> Agent<F> {
         &mut self,
         mut shutdown: Pin<&mut S>,
     ) -> Result<SessionEnd, AgentError> {
-        let started = Instant::now();
+        if let Some((release_id, version)) = self.pending_reboot() {
+            return Ok(SessionEnd::Reboot {
+                release_id,
+                version,
+            });
+        }
+        let started = tokio::time::Instant::now();
+        let connecting = match &self.connector {
+            Some(c) => c(),
+            None => {
+                let endpoint = self.endpoint.clone();
+                Box::pin(async move { connect::connect(&endpoint).await })
+            }
+        };
         let channel = tokio::select! {
-            c = connect::connect(&self.endpoint) => c?,
+            c = connecting => c?,
             () = &mut shutdown => return Ok(SessionEnd::Shutdown),
         };
         self.emit(Event::Connected {
             elapsed: started.elapsed(),
         });
-        let connected = Instant::now();
+        let connected = tokio::time::Instant::now();
         let limit = self.config.message_timeout;
         let (tx, rx) = mpsc::channel(16);
         let mut client = DeviceServiceClient::new(channel.clone());
@@ -443,152 +584,130 @@ impl<F: NorFlash> Agent<F> {
             .await
             .map_err(|_| AgentError::Timeout("the session to open"))??
             .into_inner();
-        let challenge = match next_message(&mut inbound, limit, "the challenge").await? {
-            Kind::Challenge(c) => c.nonce,
-            other => {
-                return Err(AgentError::Protocol(format!(
-                    "expected a challenge, got {other:?}"
-                )));
-            }
-        };
-        let mut nonce = [0u8; DeviceNonce::LEN];
+        let mut nonce = [0u8; 16];
         getrandom::fill(&mut nonce).expect("the OS random number generator failed");
-        let nonce = DeviceNonce::from_bytes(nonce);
-        let mut out = Outbound {
-            tx,
-            challenge,
-            seq: 0,
-            sent: HashSet::new(),
-        };
-        let reports = self.pending_reports();
-        out.sent.extend(reports.iter().map(|r| r.report_id.clone()));
-        let hello = pb::Hello {
-            device_nonce: nonce.as_bytes().to_vec(),
-            state: Some(self.state()),
-            reports,
-        };
-        self.send(&mut out, Body::Hello(hello)).await?;
-        let welcome = match next_message(&mut inbound, limit, "the welcome").await? {
-            Kind::Welcome(w) => w,
-            other => {
-                return Err(AgentError::Protocol(format!(
-                    "expected a welcome, got {other:?}"
-                )));
-            }
-        };
-        let token: String = welcome
-            .session_token
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        self.backoff.reset();
-        let check_in = match welcome.next_check_in_secs {
-            0 => self.config.default_check_in,
-            s => Duration::from_secs(s),
-        }
-        .min(self.config.max_check_in);
-        self.emit(Event::Authenticated {
-            elapsed: connected.elapsed(),
-            check_in,
-        });
-        let deadline = tokio::time::Instant::now() + check_in;
-        let mut heartbeat = tokio::time::interval_at(
-            tokio::time::Instant::now() + self.config.heartbeat,
-            self.config.heartbeat,
+        let origin = tokio::time::Instant::now();
+        let now = move || Millis(origin.elapsed().as_millis() as u64);
+        let mut machine = DeviceSession::new(
+            self.identity.device_id().clone(),
+            DeviceNonce::from_bytes(nonce),
+            self.snapshot(),
+            self.config.timings(),
+            now(),
         );
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut authenticated = false;
         loop {
+            while let Some(action) = machine.poll_action() {
+                match action {
+                    Action::Send(message) => {
+                        let signed = device_msg::seal(&message, self.identity.secret_key());
+                        let sent = tx
+                            .send(pb::DeviceToServer {
+                                signed: Some(signed),
+                            })
+                            .await;
+                        if sent.is_err() {
+                            return self.lost(&mut machine, AgentError::SessionClosed);
+                        }
+                    }
+                    Action::UpdateTrust(chain) => {
+                        self.update_trust(&chain)?;
+                        machine.trust_updated(now(), self.snapshot());
+                    }
+                    Action::Install(offer) => {
+                        let token: String =
+                            machine.token().iter().map(|b| format!("{b:02x}")).collect();
+                        let nonce = *machine.nonce();
+                        let result = self
+                            .handle_offer(&offer, &nonce, &channel, &token, shutdown.as_mut())
+                            .await;
+                        let result = match result {
+                            Ok(r) => r,
+                            Err(e) => return self.lost(&mut machine, e),
+                        };
+                        let result = match result {
+                            OfferResult::Installed => {
+                                InstallResult::Installed(Installed(self.snapshot()))
+                            }
+                            OfferResult::Refused => InstallResult::Refused(self.snapshot()),
+                            OfferResult::Deferred => InstallResult::Deferred,
+                            OfferResult::Shutdown => return Ok(SessionEnd::Shutdown),
+                        };
+                        machine.install_finished(now(), result);
+                    }
+                    Action::Acked(ids) => {
+                        self.acked(&ids)?;
+                        machine.set_snapshot(self.snapshot());
+                    }
+                    Action::End(end) => return self.ended(end),
+                }
+            }
+            if !authenticated && machine.is_open() {
+                authenticated = true;
+                self.backoff.reset();
+                self.emit(Event::Authenticated {
+                    elapsed: connected.elapsed(),
+                });
+            }
+            let wake = machine
+                .poll_timeout()
+                .map(|t| origin + Duration::from_millis(t.0));
             tokio::select! {
                 () = &mut shutdown => return Ok(SessionEnd::Shutdown),
-                () = tokio::time::sleep_until(deadline) => return Ok(SessionEnd::CheckInAfter(Duration::ZERO)),
-                _ = heartbeat.tick() => {
-                    let state = self.state();
-                    self.send(&mut out, Body::Heartbeat(pb::Heartbeat { state: Some(state) })).await?;
-                }
-                message = inbound.message() => {
-                    let kind = match message {
-                        Err(status) => return Err(status.into()),
-                        Ok(None) => return Err(AgentError::SessionClosed),
-                        Ok(Some(m)) => m.kind,
-                    };
-                    match kind {
-                        Some(Kind::ReportAck(ack)) => self.acked(&ack)?,
-                        Some(Kind::CheckInLater(later)) => {
-                            let after = Duration::from_secs(later.after_secs).min(self.config.max_check_in);
-                            return Ok(SessionEnd::CheckInAfter(after));
-                        }
-                        Some(Kind::Offer(offer)) => {
-                            match self.handle_offer(&offer, &nonce, &channel, &token, shutdown.as_mut()).await? {
-                                OfferResult::Installed { release_id, version } => {
-                                    self.send_new_reports(&mut out).await?;
-                                    self.await_ack(&mut inbound).await?;
-                                    return Ok(SessionEnd::Reboot { release_id, version });
-                                }
-                                OfferResult::Refused => self.send_new_reports(&mut out).await?,
-                                OfferResult::Deferred => {}
-                                OfferResult::Shutdown => return Ok(SessionEnd::Shutdown),
-                            }
-                        }
-                        Some(other @ (Kind::Challenge(_) | Kind::Welcome(_))) => {
-                            return Err(AgentError::Protocol(format!("unexpected {other:?} mid-session")));
-                        }
-                        None => {}
+                () = async { match wake { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => {
+                    if let Err(e) = machine.handle_timeout(now()) {
+                        return Err(AgentError::Session(e));
                     }
                 }
+                message = inbound.message() => match message {
+                    Ok(Some(m)) => {
+                        if let Err(e) = machine.handle_message(now(), m) {
+                            return Err(AgentError::Session(e));
+                        }
+                    }
+                    Ok(None) => return self.lost(&mut machine, AgentError::SessionClosed),
+                    Err(status) => return self.lost(&mut machine, status.into()),
+                },
             }
         }
     }
 
-    async fn send(&self, out: &mut Outbound, body: Body) -> Result<(), AgentError> {
-        out.seq += 1;
-        let message = pb::DeviceMessage {
-            device_id: self.identity.device_id().to_string(),
-            challenge: out.challenge.clone(),
-            seq: out.seq,
-            body: Some(body),
-        };
-        let signed = device_msg::seal(&message, self.identity.secret_key());
-        out.tx
-            .send(pb::DeviceToServer {
-                signed: Some(signed),
-            })
-            .await
-            .map_err(|_| AgentError::SessionClosed)
-    }
-
-    /// Sends the pending reports this session has not carried yet.
-    async fn send_new_reports(&self, out: &mut Outbound) -> Result<(), AgentError> {
-        for report in self.pending_reports() {
-            if out.sent.insert(report.report_id.clone()) {
-                self.send(out, Body::Report(report)).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Waits (bounded) for one acknowledgement after the "installed" report.
-    async fn await_ack(
+    /// The connection failed with `error`: a durable install still reboots.
+    fn lost(
         &mut self,
-        inbound: &mut Streaming<pb::ServerToDevice>,
-    ) -> Result<(), AgentError> {
-        let deadline = tokio::time::Instant::now() + self.config.report_ack_wait;
-        while self.device.reports().next().is_some() {
-            match tokio::time::timeout_at(deadline, inbound.message()).await {
-                Ok(Ok(Some(pb::ServerToDevice {
-                    kind: Some(Kind::ReportAck(ack)),
-                }))) => self.acked(&ack)?,
-                Ok(Ok(Some(_))) => {}
-                // Unacknowledged reports stay queued and go with the next hello.
-                _ => break,
+        machine: &mut DeviceSession,
+        error: AgentError,
+    ) -> Result<SessionEnd, AgentError> {
+        if error.is_fatal() {
+            return Err(error);
+        }
+        match machine.connection_lost(SessionError::Ended) {
+            End::Reboot => self.ended(End::Reboot),
+            _ => Err(error),
+        }
+    }
+
+    fn ended(&mut self, end: End) -> Result<SessionEnd, AgentError> {
+        match end {
+            End::CheckInAfter(d) => Ok(SessionEnd::CheckInAfter(d)),
+            End::Failed(e) => Err(AgentError::Session(e)),
+            End::Reboot => {
+                let (release_id, version) = self
+                    .device
+                    .trial_image()
+                    .ok_or(AgentError::Device(aloft_device::Error::NotInTrial))?;
+                Ok(SessionEnd::Reboot {
+                    release_id,
+                    version,
+                })
             }
         }
-        Ok(())
     }
 
     /// Drops acknowledged reports: from flash (4-byte ids) and from memory.
-    fn acked(&mut self, ack: &pb::ReportAck) -> Result<(), AgentError> {
+    fn acked(&mut self, ids: &[Vec<u8>]) -> Result<(), AgentError> {
         let mut count = 0;
-        for id in &ack.report_ids {
+        for id in ids {
             let before = self.volatile.len();
             self.volatile.retain(|r| &r.report_id != id);
             count += before - self.volatile.len();
@@ -602,39 +721,38 @@ impl<F: NorFlash> Agent<F> {
         Ok(())
     }
 
-    /// Verifies an offer for this device and this session's `nonce`:
-    /// directive (server key, device id, nonce, expiry, attested time), then
-    /// manifest (digest, release keys, expiry, product, hardware, security
-    /// floor, newer version, size). Returns the verified update and the
-    /// encoded manifest envelope to store next to the image.
-    pub fn verify_offer(
-        &self,
-        offer: &pb::Offer,
-        nonce: &DeviceNonce,
-    ) -> Result<(VerifiedUpdate, Vec<u8>), OfferError> {
-        let directive = offer
-            .directive
-            .as_ref()
-            .ok_or(OfferError::Missing("directive"))?;
-        let manifest = offer
-            .manifest
-            .as_ref()
-            .ok_or(OfferError::Missing("manifest"))?;
-        let config = self.device.config();
-        let ctx = DeviceContext {
-            device_id: self.identity.device_id(),
-            device_nonce: nonce,
-            product: &config.product,
-            hardware: &config.hardware,
-            current_version: self.running.version,
-            security_floor: self.device.security_floor(),
-            time_floor: self.device.time_floor(),
-            slot_capacity: self.device.inactive_capacity(),
-            now: now().max(self.device.time_floor()),
-        };
-        let update = verify_update(self.identity.trust_root(), directive, manifest, &ctx)
-            .map_err(OfferError::Verify)?;
-        Ok((update, manifest.encode_to_vec()))
+    /// Walks the TrustRoot successors the server sent and stores the newest
+    /// (power-safe, in the device core). A refusal keeps the old root and
+    /// queues a `TRUST_ROOT_REFUSED` report; only a flash failure is an error.
+    fn update_trust(&mut self, chain: &[pb::SignedEnvelope]) -> Result<(), AgentError> {
+        match self.device.update_trust_root(chain, self.clock()) {
+            Ok(version) => {
+                tracing::info!(device = %self.identity.device_id(), version, "TrustRoot updated");
+                self.emit(Event::TrustRootUpdated { version });
+                Ok(())
+            }
+            Err(e @ aloft_device::Error::Flash(_)) => Err(e.into()),
+            Err(e) => {
+                tracing::warn!(device = %self.identity.device_id(), error = %e, "TrustRoot update refused");
+                let mut detail = e.to_string();
+                detail.truncate(MAX_DETAIL);
+                self.push_volatile(pb::Report {
+                    report_id: random_report_id(),
+                    kind: pb::ReportKind::TrustRootRefused as i32,
+                    release_id: String::new(),
+                    detail: detail.clone(),
+                });
+                self.emit(Event::TrustRootRefused { error: detail });
+                Ok(())
+            }
+        }
+    }
+
+    fn push_volatile(&mut self, report: pb::Report) {
+        if self.volatile.len() >= MAX_VOLATILE_REPORTS {
+            self.volatile.remove(0);
+        }
+        self.volatile.push(report);
     }
 
     /// Queues an `INSTALL_FAILED` report for a refusal that left nothing in
@@ -644,14 +762,8 @@ impl<F: NorFlash> Agent<F> {
         if let Some(release) = &release_id {
             let mut detail = error.to_string();
             detail.truncate(MAX_DETAIL);
-            let mut id = [0u8; 16];
-            id[..8].copy_from_slice(&random_u64().to_le_bytes());
-            id[8..].copy_from_slice(&random_u64().to_le_bytes());
-            if self.volatile.len() >= MAX_VOLATILE_REPORTS {
-                self.volatile.remove(0);
-            }
-            self.volatile.push(pb::Report {
-                report_id: id.to_vec(),
+            self.push_volatile(pb::Report {
+                report_id: random_report_id(),
                 kind: pb::ReportKind::InstallFailed as i32,
                 release_id: release.to_string(),
                 detail,
@@ -673,35 +785,66 @@ impl<F: NorFlash> Agent<F> {
         self.emit(Event::OfferReceived {
             release_id: claimed.clone(),
         });
-        let (update, envelope) = match self.verify_offer(offer, nonce) {
-            Ok(v) => v,
-            Err(e) => return Ok(self.refuse(claimed, e)),
+        let (Some(directive), Some(manifest)) = (&offer.directive, &offer.manifest) else {
+            let missing = if offer.directive.is_none() {
+                "directive"
+            } else {
+                "manifest"
+            };
+            return Ok(self.refuse(claimed, OfferError::Missing(missing)));
         };
-        let release_id = update.manifest.release_id.clone();
+        let binding = SessionBinding {
+            device_id: self.identity.device_id(),
+            nonce,
+        };
+        let accepted = match self
+            .device
+            .verify_offer(directive, manifest, binding, self.clock())
+        {
+            Ok(a) => a,
+            Err(aloft_device::Error::Protocol(e)) => {
+                return Ok(self.refuse(claimed, OfferError::Verify(e)));
+            }
+            Err(e @ aloft_device::Error::Flash(_)) => return Err(e.into()),
+            Err(e) => return Ok(self.refuse(claimed, OfferError::Install(e))),
+        };
+        let update = accepted.update();
+        let release_id = update.manifest().release_id().clone();
         if self.device.trial().is_some() {
             // The running trial must be confirmed (or roll back) first.
             self.emit(Event::OfferDeferred { release_id });
             return Ok(OfferResult::Deferred);
         }
-        let key = match wrap::unwrap_content_key(
-            &update.directive.content_key,
-            self.identity.secret_key(),
-            self.identity.device_id(),
-        ) {
-            Ok(k) => k,
-            Err(e) => return Ok(self.refuse(Some(release_id), OfferError::Unwrap(e))),
+        // A signature-only release has no key (the device core checked the
+        // directive carries one exactly when the release is encrypted).
+        let key = match update.directive().content_key() {
+            None => None,
+            Some(wrapped) => match wrap::unwrap_content_key(
+                wrapped,
+                self.identity.secret_key(),
+                self.identity.device_id(),
+            ) {
+                Ok(k) => Some(k),
+                Err(e) => return Ok(self.refuse(Some(release_id), OfferError::Unwrap(e))),
+            },
         };
         if let Some((_, digest, _)) = self.device.install_progress()
-            && digest != update.manifest.digest
+            && digest != update.manifest().digest()
         {
             // The server now wants another release: give up the old one
             // (queues its durable "install failed" report).
             self.device.abort_install()?;
         }
-        let started = Instant::now();
-        let params = update.manifest.payload_params();
-        let chunk_count = params.image_len.div_ceil(u64::from(params.chunk_size)) as u32;
-        let mut installer = match self.device.begin_install(&update, &envelope, &key) {
+        if accepted.server_clock_ahead() > 0 {
+            tracing::warn!(device = %self.identity.device_id(), ahead_secs = accepted.server_clock_ahead(), "the server's clock is ahead of this device's; attested time moved only as far as allowed");
+        }
+        let started = tokio::time::Instant::now();
+        let chunk_count = update.manifest().payload_layout().chunk_count();
+        let begun = match &key {
+            Some(key) => self.device.begin_install(&accepted, key),
+            None => self.device.begin_signature_only_install(&accepted),
+        };
+        let mut installer = match begun {
             Ok(i) => i,
             Err(e @ aloft_device::Error::Flash(_)) => return Err(e.into()),
             Err(e) => return Ok(self.refuse(Some(release_id), OfferError::Install(e))),
@@ -713,27 +856,55 @@ impl<F: NorFlash> Agent<F> {
             chunk_count,
         };
         emit_to(&mut self.observer, &event);
-        let result = download(
-            &mut installer,
-            &mut self.observer,
-            channel,
-            token,
-            &release_id,
-            self.config.message_timeout,
-            shutdown.as_mut(),
-        )
-        .await;
+        // Straight from storage first when the directive names a URL; the
+        // gRPC download takes over from wherever that stops.
+        let direct = match update.directive().payload_url() {
+            Some(url) => {
+                let source = crate::direct::SourceConfig {
+                    ca_pem: self.identity.ca_pem(),
+                    plaintext_server: self.identity.server_url().starts_with("http://"),
+                    trust: self.config.payload_tls,
+                    local_address: self.config.local_address,
+                    timeout: self.config.message_timeout,
+                    request_bytes: self.config.payload_request_bytes,
+                };
+                crate::direct::run(
+                    &mut installer,
+                    url,
+                    &source,
+                    &update.manifest().payload_layout(),
+                    &release_id,
+                    &mut |e| emit_to(&mut self.observer, e),
+                    shutdown.as_mut(),
+                )
+                .await?
+            }
+            None => None,
+        };
+        let result = match direct {
+            Some(Fetched::Complete) => Ok(Downloaded::Complete),
+            Some(Fetched::Shutdown) => Ok(Downloaded::Shutdown),
+            None => {
+                download(
+                    &mut installer,
+                    &mut self.observer,
+                    channel,
+                    token,
+                    &release_id,
+                    self.config.message_timeout,
+                    shutdown.as_mut(),
+                )
+                .await
+            }
+        };
         let refused = match result {
             Ok(Downloaded::Complete) => match installer.finish() {
                 Ok(()) => {
                     self.emit(Event::Installed {
-                        release_id: release_id.clone(),
+                        release_id,
                         elapsed: started.elapsed(),
                     });
-                    return Ok(OfferResult::Installed {
-                        release_id,
-                        version: update.manifest.version,
-                    });
+                    return Ok(OfferResult::Installed);
                 }
                 // The device core queued its own durable report.
                 Err(aloft_device::Error::DigestMismatch) => OfferError::Digest,
@@ -758,6 +929,13 @@ impl<F: NorFlash> Agent<F> {
         });
         Ok(OfferResult::Refused)
     }
+}
+
+enum OfferResult {
+    Installed,
+    Refused,
+    Deferred,
+    Shutdown,
 }
 
 fn emit_to(observer: &mut Option<Observer>, event: &Event) {
@@ -788,10 +966,10 @@ async fn download<F: NorFlash, S: Future<Output = ()> + Send>(
         release_id: release_id.to_string(),
         start_chunk: installer.next_chunk(),
     });
-    let bearer = format!("Bearer {token}")
+    let bearer = format!("{}{token}", wire::BEARER_PREFIX)
         .parse()
         .map_err(|_| AgentError::Protocol("session token is not printable".into()))?;
-    request.metadata_mut().insert("authorization", bearer);
+    request.metadata_mut().insert(wire::AUTHORIZATION, bearer);
     let mut client = DeviceServiceClient::new(channel.clone());
     let mut stream = tokio::select! {
         r = tokio::time::timeout(limit, client.download(request)) => {

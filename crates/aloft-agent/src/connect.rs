@@ -46,9 +46,7 @@ pub(crate) fn endpoint(
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(ca))
             .domain_name(host);
-        endpoint = endpoint
-            .tls_config(tls)
-            .map_err(|e| AgentError::Tls(e.to_string()))?;
+        endpoint = endpoint.tls_config(tls).map_err(AgentError::Tls)?;
     } else if !url.starts_with("http://") {
         return Err(AgentError::InvalidUrl(format!(
             "{url}: use http:// or https://"
@@ -60,14 +58,5 @@ pub(crate) fn endpoint(
 /// Connects eagerly (TCP, TLS handshake, HTTP/2 preface), so a refused
 /// certificate is an error here and not on the first call.
 pub(crate) async fn connect(endpoint: &Endpoint) -> Result<Channel, AgentError> {
-    endpoint.connect().await.map_err(|e| {
-        let mut text = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            text.push_str(": ");
-            text.push_str(&s.to_string());
-            source = s.source();
-        }
-        AgentError::Connect(text)
-    })
+    endpoint.connect().await.map_err(AgentError::Connect)
 }

@@ -15,17 +15,18 @@ pub enum AgentError {
     /// The device core failed (flash error or corrupt state): fatal; the
     /// firmware should reset.
     #[error("device core: {0}")]
-    Device(aloft_device::Error),
+    Device(#[source] aloft_device::Error),
     /// The server URL is unusable.
     #[error("invalid server url {0}")]
     InvalidUrl(String),
     /// The TLS configuration (pinned CA) is unusable.
-    #[error("TLS configuration: {0}")]
-    Tls(String),
+    #[error("TLS configuration: {}", causes(.0))]
+    Tls(#[source] tonic::transport::Error),
     /// Connecting failed: TCP, or the TLS handshake (for instance a server
-    /// certificate that does not chain to the pinned CA).
-    #[error("connect failed: {0}")]
-    Connect(String),
+    /// certificate that does not chain to the pinned CA). The message
+    /// includes the causes (tonic's own says only "transport error").
+    #[error("connect failed: {}", causes(.0))]
+    Connect(#[source] tonic::transport::Error),
     /// The server refused or ended a call.
     #[error("server said {code:?}: {message}")]
     Rpc {
@@ -33,6 +34,9 @@ pub enum AgentError {
         code: tonic::Code,
         /// Its message.
         message: String,
+        /// How long the server asked us to wait before retrying
+        /// (`aloft_protocol::wire::RETRY_AFTER_MS`).
+        retry_after: Option<std::time::Duration>,
     },
     /// The server did not follow the device protocol.
     #[error("protocol violation: {0}")]
@@ -43,6 +47,26 @@ pub enum AgentError {
     /// The session stream ended.
     #[error("the server closed the session")]
     SessionClosed,
+    /// The server broke the session protocol (a message out of order, a
+    /// timeout): see the wrapped error.
+    #[error("session: {0}")]
+    Session(#[source] aloft_session::SessionError),
+}
+
+/// `e` and its causes joined with `: `, skipping a cause an outer message
+/// already says.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
 }
 
 impl AgentError {
@@ -54,6 +78,14 @@ impl AgentError {
             Self::Identity(_) | Self::Device(_) | Self::InvalidUrl(_) | Self::Tls(_)
         )
     }
+
+    /// The wait the server asked for on a refusal, if any.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::Rpc { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
 }
 
 impl From<aloft_device::Error> for AgentError {
@@ -64,9 +96,15 @@ impl From<aloft_device::Error> for AgentError {
 
 impl From<tonic::Status> for AgentError {
     fn from(s: tonic::Status) -> Self {
+        let retry_after = s
+            .metadata()
+            .get(aloft_protocol::wire::RETRY_AFTER_MS)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .map(std::time::Duration::from_millis);
         Self::Rpc {
             code: s.code(),
             message: s.message().to_owned(),
+            retry_after,
         }
     }
 }
@@ -83,17 +121,17 @@ pub enum OfferError {
     /// binding, nonce, expiry, attested time, product, hardware, security
     /// floor, version, size): see the wrapped error.
     #[error("update refused: {0}")]
-    Verify(aloft_protocol::Error),
+    Verify(#[source] aloft_protocol::Error),
     /// The content key could not be unwrapped with this device's key.
     #[error("content key refused: {0}")]
-    Unwrap(aloft_protocol::Error),
+    Unwrap(#[source] aloft_protocol::Error),
     /// The device core refused to start the install.
     #[error("install refused: {0}")]
-    Install(aloft_device::Error),
+    Install(#[source] aloft_device::Error),
     /// A payload chunk was refused (authentication, length, past the end):
     /// nothing of it was written and the install was abandoned.
     #[error("payload refused: {0}")]
-    Chunk(aloft_device::Error),
+    Chunk(#[source] aloft_device::Error),
     /// The installed image does not hash to the manifest's digest.
     #[error("image digest mismatch after download")]
     Digest,

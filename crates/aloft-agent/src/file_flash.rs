@@ -226,6 +226,13 @@ fn check_size<const E: usize>(path: &Path, len: u64) -> Result<(), FileFlashErro
     Ok(())
 }
 
+/// Uniform sectors of `E` bytes.
+impl<const W: usize, const E: usize> aloft_device::EraseSectors for FileFlash<W, E> {
+    fn sector_at(&self, offset: u32) -> Option<(u32, u32)> {
+        aloft_device::uniform_sector_at(E, ReadNorFlash::capacity(self), offset)
+    }
+}
+
 impl<const W: usize, const E: usize> ErrorType for FileFlash<W, E> {
     type Error = FileFlashError;
 }

@@ -98,7 +98,7 @@ fn each_bad_field_is_refused() {
         ),
         (
             |b| b.trust_root = None,
-            |e| matches!(e, IdentityError::TrustRoot(_)),
+            |e| matches!(e, IdentityError::NoTrustRoot),
         ),
         (
             |b| b.trust_root.as_mut().unwrap().payload[3] ^= 1,

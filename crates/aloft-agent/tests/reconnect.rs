@@ -1,14 +1,18 @@
 //! Reconnects: exponential backoff after refused sessions, CheckInLater
-//! honoured, heartbeats within a session. Against a scripted tonic server on
-//! 127.0.0.1 (the real server never paces devices yet).
+//! honoured, heartbeats within a session. Against a scripted tonic server
+//! reached over an in-memory transport (`Agent::with_connector`), so the
+//! tests run on tokio's paused clock: every delay is exact and nothing
+//! really waits.
 
 mod common;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use aloft_agent::{Agent, Event, Outcome, RunningFirmware};
+use tokio::time::Instant;
+
+use aloft_agent::{Agent, Event, Outcome};
 use aloft_device::Device;
 use aloft_protocol::pb::device_message::Body;
 use aloft_protocol::pb::device_service_server::{DeviceService, DeviceServiceServer};
@@ -26,6 +30,8 @@ struct Script {
     refuse_first: u32,
     /// Send CheckInLater with this delay right after the Welcome.
     check_in_later: Option<u64>,
+    /// Put this `aloft-retry-after-ms` on the refusals.
+    retry_after_ms: Option<u64>,
 }
 
 struct Pacer {
@@ -50,7 +56,14 @@ impl DeviceService for Svc {
     ) -> Result<Response<Self::SessionStream>, Status> {
         let n = self.0.sessions.fetch_add(1, Ordering::SeqCst);
         if n < self.0.script.refuse_first {
-            return Err(Status::unavailable("scripted refusal"));
+            let mut status = Status::unavailable("scripted refusal");
+            if let Some(ms) = self.0.script.retry_after_ms {
+                status.metadata_mut().insert(
+                    aloft_protocol::wire::RETRY_AFTER_MS,
+                    ms.to_string().parse().unwrap(),
+                );
+            }
+            return Err(status);
         }
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
@@ -109,7 +122,7 @@ impl DeviceService for Svc {
 async fn setup(script: Script) -> (Arc<Pacer>, Agent<Flash>, Arc<Mutex<Vec<Event>>>) {
     let keys = Keys::new();
     let server_key = SecretKey::generate();
-    let trust = VerifiedTrustRoot::from_initial(
+    let trust = VerifiedTrustRoot::trust_on_first_use(
         &keys.trust_root(&server_key.public_key()),
         UnixTime(now()),
     )
@@ -122,12 +135,12 @@ async fn setup(script: Script) -> (Arc<Pacer>, Agent<Flash>, Arc<Mutex<Vec<Event
         heartbeats: Mutex::default(),
         welcomed: Mutex::default(),
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    // Each session dials a fresh in-memory pipe; the server takes the other end.
+    let (dial, accepted) = mpsc::channel::<Result<tokio::io::DuplexStream, std::io::Error>>(4);
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(DeviceServiceServer::new(Svc(pacer.clone())))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+            .serve_with_incoming(ReceiverStream::new(accepted)),
     );
     let factory = keys.release("1.0.0", 4 * 1024);
     let mut device = Device::provision(
@@ -139,11 +152,11 @@ async fn setup(script: Script) -> (Arc<Pacer>, Agent<Flash>, Arc<Mutex<Vec<Event
         &factory.manifest_bytes(),
     )
     .unwrap();
-    let booted = device.boot(&trust).unwrap();
+    let _booted = device.boot().unwrap();
     let identity = aloft_agent::Identity::new(
         DeviceId::new("dev-r").unwrap(),
         device_key,
-        format!("http://{addr}"),
+        "http://in-memory.invalid",
         None,
         trust,
         Default::default(),
@@ -153,14 +166,28 @@ async fn setup(script: Script) -> (Arc<Pacer>, Agent<Flash>, Arc<Mutex<Vec<Event
     let sink = events.clone();
     let mut config = fast_config();
     config.heartbeat = Duration::from_millis(100);
-    let agent = Agent::new(
-        identity,
-        device,
-        RunningFirmware::from_booted(&booted),
-        config,
-    )
-    .unwrap()
-    .with_observer(move |e| sink.lock().unwrap().push(e.clone()));
+    let agent = Agent::new(identity, device, config)
+        .unwrap()
+        .with_connector(move || {
+            let dial = dial.clone();
+            async move {
+                let connector = tower::service_fn(move |_: tonic::codegen::http::Uri| {
+                    let dial = dial.clone();
+                    async move {
+                        let (client, server) = tokio::io::duplex(64 * 1024);
+                        dial.send(Ok(server))
+                            .await
+                            .map_err(|_| std::io::Error::other("the test server stopped"))?;
+                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(client))
+                    }
+                });
+                tonic::transport::Endpoint::from_static("http://in-memory.invalid")
+                    .connect_with_connector(connector)
+                    .await
+                    .map_err(aloft_agent::AgentError::Connect)
+            }
+        })
+        .with_observer(move |e| sink.lock().unwrap().push(e.clone()));
     (pacer, agent, events)
 }
 
@@ -169,7 +196,7 @@ async fn run_for(agent: &mut Agent<Flash>, d: Duration) {
     assert_eq!(outcome, Outcome::Shutdown);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn refused_sessions_back_off_exponentially_then_connect() {
     let (pacer, mut agent, events) = setup(Script {
         refuse_first: 4,
@@ -198,7 +225,55 @@ async fn refused_sessions_back_off_exponentially_then_connect() {
     assert_eq!(pacer.sessions.load(Ordering::SeqCst), 5);
 }
 
-#[tokio::test]
+fn retry_delays(events: &Mutex<Vec<Event>>) -> Vec<Duration> {
+    events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            Event::Retrying { delay, .. } => Some(*delay),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refusal_that_names_its_retry_delay_is_waited_out() {
+    let (pacer, mut agent, events) = setup(Script {
+        refuse_first: 3,
+        retry_after_ms: Some(300),
+        ..Script::default()
+    })
+    .await;
+    run_for(&mut agent, Duration::from_millis(1500)).await;
+    let delays = retry_delays(&events);
+    assert_eq!(delays.len(), 3, "{delays:?}");
+    // The backoff alone would allow 0 to 50, 100, 200 ms.
+    for d in &delays {
+        assert!(*d >= Duration::from_millis(300), "waited only {d:?}");
+        assert!(*d <= Duration::from_millis(400), "{d:?}");
+    }
+    assert_eq!(pacer.sessions.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_cannot_park_a_device_beyond_its_longest_backoff() {
+    let (_pacer, mut agent, events) = setup(Script {
+        refuse_first: 2,
+        retry_after_ms: Some(3_600_000),
+        ..Script::default()
+    })
+    .await;
+    run_for(&mut agent, Duration::from_millis(1500)).await;
+    let delays = retry_delays(&events);
+    assert_eq!(
+        delays,
+        [Duration::from_millis(400); 2],
+        "capped at the backoff's max"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn check_in_later_is_honoured() {
     let (pacer, mut agent, events) = setup(Script {
         check_in_later: Some(1),
@@ -209,7 +284,10 @@ async fn check_in_later_is_honoured() {
     let welcomed = pacer.welcomed.lock().unwrap().clone();
     assert_eq!(welcomed.len(), 2, "one session now, one a second later");
     let gap = welcomed[1] - welcomed[0];
-    assert!(gap >= Duration::from_millis(950), "waited {gap:?}");
+    assert!(
+        gap >= Duration::from_secs(1) && gap < Duration::from_millis(1100),
+        "waited {gap:?}"
+    );
     assert!(
         !events
             .lock()
@@ -220,13 +298,16 @@ async fn check_in_later_is_honoured() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn heartbeats_are_signed_in_sequence() {
     let (pacer, mut agent, _events) = setup(Script::default()).await;
     run_for(&mut agent, Duration::from_millis(650)).await;
     let beats = pacer.heartbeats.lock().unwrap().clone();
     // Every 100 ms after the welcome, each verified with seq 2, 3, ...
-    assert!(beats.len() >= 3, "{} heartbeats", beats.len());
+    assert_eq!(beats.len(), 6, "{} heartbeats in 650 ms", beats.len());
+    for pair in beats.windows(2) {
+        assert_eq!(pair[1].0 - pair[0].0, Duration::from_millis(100));
+    }
     let seqs: Vec<u64> = beats.iter().map(|(_, s)| *s).collect();
     assert_eq!(seqs, (2..2 + beats.len() as u64).collect::<Vec<_>>());
     assert_eq!(pacer.sessions.load(Ordering::SeqCst), 1);

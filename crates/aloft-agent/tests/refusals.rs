@@ -8,7 +8,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aloft_agent::{Agent, Event, OfferError, RunningFirmware, SessionEnd};
+use aloft_agent::{Agent, Event, OfferError, SessionEnd};
 use aloft_device::{Device, ReportKind};
 use aloft_protocol::envelope;
 use aloft_protocol::keys::Domain;
@@ -86,6 +86,7 @@ impl Hostile {
             server_time,
             expires_at,
             rollout_id: "hostile".into(),
+            payload_url: String::new(),
         };
         pb::Offer {
             directive: Some(envelope::seal(
@@ -215,7 +216,7 @@ async fn attack(attack: Attack, ack: bool) -> Outcome {
     let keys = Keys::new();
     let server_key = SecretKey::generate();
     let trust_env = keys.trust_root(&server_key.public_key());
-    let trust = VerifiedTrustRoot::from_initial(&trust_env, UnixTime(now())).unwrap();
+    let trust = VerifiedTrustRoot::trust_on_first_use(&trust_env, UnixTime(now())).unwrap();
     let factory = keys.release("1.0.0", 8 * 1024);
     let release = Arc::new(keys.release("1.1.0", 6 * 1024));
     let device_key = SecretKey::generate();
@@ -261,18 +262,13 @@ async fn attack(attack: Attack, ack: bool) -> Outcome {
         &factory.manifest_bytes(),
     )
     .unwrap();
-    let booted = device.boot(&trust).unwrap();
+    let _booted = device.boot().unwrap();
     let before = device.flash().bytes().to_vec();
     let events: Arc<Mutex<Vec<Event>>> = Arc::default();
     let sink = events.clone();
-    let mut agent = Agent::new(
-        identity,
-        device,
-        RunningFirmware::from_booted(&booted),
-        fast_config(),
-    )
-    .unwrap()
-    .with_observer(move |e| sink.lock().unwrap().push(e.clone()));
+    let mut agent = Agent::new(identity, device, fast_config())
+        .unwrap()
+        .with_observer(move |e| sink.lock().unwrap().push(e.clone()));
     let end = tokio::time::timeout(
         Duration::from_secs(20),
         agent.check_in(std::future::pending()),
@@ -410,8 +406,8 @@ async fn tampered_chunk_is_refused_and_nothing_of_it_is_written() {
     assert_eq!(o.reports[0].report_id, queued[0].id.to_bytes());
     assert_eq!(o.reports[0].kind, pb::ReportKind::InstallFailed as i32);
     // The old image still boots; nothing boots from the half-written slot.
-    let trust = o.trust.clone();
+    let _trust = o.trust.clone();
     let mut device = o.agent.into_device();
-    let booted = device.boot(&trust).unwrap();
+    let booted = device.boot().unwrap();
     assert_eq!((booted.slot, booted.trial), (aloft_device::Slot::A, false));
 }

@@ -3,16 +3,14 @@
 //! with 4 KiB sectors and slots large enough for the benchmark image.
 
 use aloft_device::sim::SimFlash;
-use aloft_device::{Device, DeviceConfig, Layout, Partition};
+use aloft_device::{AcceptedOffer, Clock, Device, DeviceConfig, Layout, Partition, SessionBinding};
 use aloft_protocol::envelope::seal;
 use aloft_protocol::keys::Domain;
 use aloft_protocol::payload::{PayloadParams, encrypt_payload};
 use aloft_protocol::prost::Message;
-use aloft_protocol::trust::{
-    VerifiedDirective, VerifiedTrustRoot, VerifiedUpdate, WrappedContentKey,
-};
+use aloft_protocol::trust::{VerifiedTrustRoot, danger};
 use aloft_protocol::{
-    ContentKey, DeviceId, DeviceNonce, Digest, NoncePrefix, SecretKey, UnixTime, pb,
+    ContentKey, DeviceId, DeviceNonce, Digest, NoncePrefix, SecretKey, UnixTime, pb, wrap,
 };
 use anyhow::Context;
 
@@ -27,18 +25,20 @@ pub const NOW: u64 = 1_700_000_000;
 const PRODUCT: &str = "bench-board";
 const HARDWARE: &str = "rev-a";
 
-/// A flash layout: an 8 KiB state partition, then slots A and B each with
-/// room for `image_capacity` bytes plus one sector of manifest trailer. The
-/// slots are erased (and the installer persists progress) in sectors of
-/// `slot_sector` bytes, a multiple of [`SECTOR`] (e.g. 64 KiB NOR blocks).
+/// A flash layout: a 16 KiB state partition (a sector per log half and per
+/// TrustRoot copy), then slots A and B each with room for `image_capacity`
+/// bytes plus one sector of manifest trailer. The slots are erased (and the
+/// installer persists progress) in sectors of `slot_sector` bytes, a
+/// multiple of [`SECTOR`] (e.g. 64 KiB NOR blocks).
 pub fn layout(image_capacity: u32, slot_sector: u32) -> Layout {
     let slot = image_capacity.div_ceil(slot_sector) * slot_sector + slot_sector;
-    let state = 2 * SECTOR;
+    let state = 4 * SECTOR;
     Layout {
         state: Partition::new(0, state, SECTOR),
         slot_a: Partition::new(state, slot, slot_sector),
         slot_b: Partition::new(state + slot, slot, slot_sector),
         manifest_area: SECTOR,
+        trust_area: SECTOR,
     }
 }
 
@@ -49,12 +49,13 @@ pub fn flash(layout: &Layout) -> Flash {
 
 /// The device's identity as the installer checks it.
 pub fn config() -> DeviceConfig {
-    DeviceConfig {
-        product: PRODUCT.into(),
-        hardware: HARDWARE.into(),
-        trial_attempts: 3,
-    }
+    DeviceConfig::new(PRODUCT, HARDWARE)
 }
+
+/// The benchmark device's id.
+pub const DEVICE: &str = "bench-1";
+/// The session nonce every benchmark directive echoes.
+pub const NONCE: [u8; 16] = [1; 16];
 
 /// Deterministic, incompressible-looking image bytes (xorshift).
 pub fn image(len: usize, seed: u64) -> Vec<u8> {
@@ -70,12 +71,14 @@ pub fn image(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
-/// Root, release and server keys with a verified TrustRoot.
+/// Root, release, server and device keys with a verified TrustRoot.
 pub struct Fixture {
     /// Release signing key.
     pub release_key: SecretKey,
     /// Directive key.
     pub server_key: SecretKey,
+    /// The device's key (content keys are wrapped to it).
+    pub device_key: SecretKey,
     /// The verified TrustRoot.
     pub trust: VerifiedTrustRoot,
 }
@@ -94,8 +97,27 @@ pub struct Release {
     pub key: ContentKey,
     /// Payload layout.
     pub params: PayloadParams,
-    /// A verified update (directive + manifest) for the device.
-    pub update: VerifiedUpdate,
+    /// A directive for it, signed by the server key, for [`DEVICE`] in the
+    /// session with [`NONCE`].
+    pub directive: pb::SignedEnvelope,
+}
+
+impl Release {
+    /// The device verifies this release's offer (as the agent does).
+    pub fn accept(&self, dev: &Device<Flash>) -> anyhow::Result<AcceptedOffer> {
+        let id = DeviceId::new(DEVICE).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let nonce = DeviceNonce::from_bytes(NONCE);
+        dev.verify_offer(
+            &self.directive,
+            &self.signed,
+            SessionBinding {
+                device_id: &id,
+                nonce: &nonce,
+            },
+            Clock::At(UnixTime(NOW)),
+        )
+        .map_err(|e| anyhow::anyhow!("offer refused: {e}"))
+    }
 }
 
 impl Release {
@@ -128,11 +150,12 @@ impl Fixture {
             server_keys: vec![server_key.public_key().to_sec1_compressed().to_vec()],
         };
         let env = seal(&root, Domain::TrustRoot, &[&root_key]);
-        let trust = VerifiedTrustRoot::from_initial(&env, UnixTime(NOW))
+        let trust = VerifiedTrustRoot::trust_on_first_use(&env, UnixTime(NOW))
             .map_err(|e| anyhow::anyhow!("trust root: {e}"))?;
         Ok(Self {
             release_key,
             server_key,
+            device_key: SecretKey::generate(),
             trust,
         })
     }
@@ -157,35 +180,38 @@ impl Fixture {
             nonce_prefix: vec![security_version as u8; 7],
             created_at: NOW - 10,
             expires_at: NOW + 86_400,
+            ..Default::default()
         };
         let signed = seal(&m, Domain::ReleaseManifest, &[&self.release_key]);
-        let manifest = aloft_device::verify_manifest_for_boot(&self.trust, &signed)
+        let manifest = danger::verify_manifest_ignoring_expiry(&self.trust, &signed)
             .map_err(|e| anyhow::anyhow!("manifest: {e}"))?;
         let key = ContentKey::from_bytes([security_version as u8 ^ 0x5A; 32]);
         let params = PayloadParams {
-            image_len: manifest.image_len,
-            chunk_size: manifest.chunk_size,
+            image_len: manifest.image_len(),
+            chunk_size: manifest.chunk_size(),
             nonce_prefix: NoncePrefix::from_slice(&m.nonce_prefix)
                 .map_err(|e| anyhow::anyhow!("nonce prefix: {e}"))?,
-            image_digest: manifest.image_digest,
+            image_digest: manifest.image_digest(),
         };
         let payload = encrypt_payload(&key, &params, &image)
             .map_err(|e| anyhow::anyhow!("encrypting: {e}"))?;
-        let update = VerifiedUpdate {
-            directive: VerifiedDirective {
-                device_id: DeviceId::new("bench-1").map_err(|e| anyhow::anyhow!("{e}"))?,
-                device_nonce: DeviceNonce::from_bytes([1; 16]),
-                manifest_digest: manifest.digest,
-                content_key: WrappedContentKey {
-                    ephemeral: self.server_key.public_key(),
-                    ciphertext: [0; 48],
-                },
-                server_time: UnixTime(NOW),
-                expires_at: UnixTime(NOW + 600),
+        let id = DeviceId::new(DEVICE).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut rng = rand_core::UnwrapErr(getrandom::SysRng);
+        let wrapped = wrap::wrap_content_key(&key, &self.device_key.public_key(), &id, &mut rng);
+        let directive = seal(
+            &pb::Directive {
+                device_id: DEVICE.into(),
+                device_nonce: NONCE.to_vec(),
+                manifest_digest: manifest.digest().as_bytes().to_vec(),
+                content_key: Some(wrapped.to_pb()),
+                server_time: NOW,
+                expires_at: NOW + 600,
                 rollout_id: String::new(),
+                payload_url: String::new(),
             },
-            manifest,
-        };
+            Domain::Directive,
+            &[&self.server_key],
+        );
         Ok(Release {
             image,
             envelope: signed.encode_to_vec(),
@@ -193,7 +219,7 @@ impl Fixture {
             payload,
             key,
             params,
-            update,
+            directive,
         })
     }
 

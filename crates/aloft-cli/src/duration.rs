@@ -26,6 +26,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .parse()
             .map_err(|_| format!("invalid duration {text:?}: number too large"))?;
         rest = &rest[digits..];
+        if rest.starts_with(['.', ',']) {
+            return Err(format!(
+                "invalid duration {text:?}: no fractions; combine whole units instead, e.g. 1h30m or 90s"
+            ));
+        }
         let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
@@ -140,6 +145,7 @@ mod tests {
             ("-5m", "expected a number"),
             ("5min", "unknown unit"),
             ("1h30", "missing unit"),
+            ("1.5h", "no fractions"),
             ("99999999999999999999s", "too large"),
             ("999999999999999999d", "too large"),
         ] {

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::Ctx;
 use crate::client::status_error;
+use crate::device::{TrustState, trust_state};
 use crate::duration::{now_unix, parse_duration};
 use crate::output::{self, Table};
 
@@ -20,12 +21,16 @@ const PAGE: u32 = 500;
 /// Arguments of `aloft fleet`.
 #[derive(Debug, Args)]
 pub struct FleetArgs {
-    /// Only devices this selector matches (see ARCHITECTURE.md); default: all.
+    /// Only devices this selector matches, e.g. 'product = sensor and
+    /// region = eu' (grammar: `aloft rollout create --help`); default: all.
     #[arg(long, value_name = "EXPR")]
     pub selector: Option<String>,
     /// A device not seen for this long counts as stale.
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
     pub stale: Duration,
+    /// A TrustRoot that expires within this long counts as expiring.
+    #[arg(long, value_name = "DURATION", default_value = "90d", value_parser = parse_duration)]
+    pub trust_horizon: Duration,
 }
 
 /// One firmware version's row.
@@ -47,11 +52,19 @@ pub struct VersionJson {
     pub broken: u32,
     /// Test devices.
     pub test_devices: u32,
+    /// TrustRoot expiring within the horizon, or expired: these devices
+    /// stop accepting updates unless a successor reaches them.
+    pub root_expiring: u32,
 }
 
 /// Groups `devices` by firmware version, newest-looking version first
 /// (versions compare by their numeric parts), revoked devices left out.
-pub fn summarize(devices: &[pb::DeviceInfo], now: u64, stale_secs: u64) -> Vec<VersionJson> {
+pub fn summarize(
+    devices: &[pb::DeviceInfo],
+    now: u64,
+    stale_secs: u64,
+    trust_horizon_secs: u64,
+) -> Vec<VersionJson> {
     let mut by: BTreeMap<String, VersionJson> = BTreeMap::new();
     for d in devices.iter().filter(|d| !d.revoked) {
         let row = by.entry(d.firmware_version.clone()).or_default();
@@ -62,6 +75,10 @@ pub fn summarize(devices: &[pb::DeviceInfo], now: u64, stale_secs: u64) -> Vec<V
         row.rolled_back += u32::from(d.status == pb::DeviceStatus::RolledBack as i32);
         row.broken += u32::from(d.suspected_broken != pb::BrokenReason::None as i32);
         row.test_devices += u32::from(d.attributes.as_ref().is_some_and(|a| a.test_device));
+        row.root_expiring += u32::from(matches!(
+            trust_state(d, now, trust_horizon_secs),
+            TrustState::Expiring | TrustState::Expired
+        ));
     }
     let mut rows: Vec<VersionJson> = by
         .into_iter()
@@ -107,7 +124,12 @@ pub async fn run(ctx: &mut Ctx, args: &FleetArgs) -> anyhow::Result<()> {
         }
         after = page.next_after;
     }
-    let rows = summarize(&devices, now_unix(), args.stale.as_secs());
+    let rows = summarize(
+        &devices,
+        now_unix(),
+        args.stale.as_secs(),
+        args.trust_horizon.as_secs(),
+    );
     if ctx.json() {
         return output::print_json(&rows);
     }
@@ -119,6 +141,7 @@ pub async fn run(ctx: &mut Ctx, args: &FleetArgs) -> anyhow::Result<()> {
         "FAILED",
         "ROLLED BACK",
         "BROKEN",
+        "ROOT EXPIRING",
         "TEST",
     ]);
     for r in &rows {
@@ -130,6 +153,7 @@ pub async fn run(ctx: &mut Ctx, args: &FleetArgs) -> anyhow::Result<()> {
             r.failed.to_string(),
             r.rolled_back.to_string(),
             r.broken.to_string(),
+            r.root_expiring.to_string(),
             r.test_devices.to_string(),
         ]);
     }
@@ -170,7 +194,7 @@ mod tests {
             device("1.10.0", now - 10, pb::DeviceStatus::Failed),
             revoked,
         ];
-        let rows = summarize(&devices, now, 86_400);
+        let rows = summarize(&devices, now, 86_400, 90 * 86_400);
         let versions: Vec<Option<&str>> = rows.iter().map(|r| r.version.as_deref()).collect();
         assert_eq!(versions, [Some("1.10.0"), Some("1.2.0"), None]);
         assert_eq!(
@@ -184,6 +208,7 @@ mod tests {
                 rolled_back: 0,
                 broken: 0,
                 test_devices: 1,
+                root_expiring: 0,
             }
         );
         assert_eq!(

@@ -6,15 +6,20 @@
 //! ([`device`], [`release`], [`token`], [`trust`]); a new group (rollouts)
 //! adds a module, a [`Command`] variant and one line in [`run`].
 
+pub mod args;
+pub mod audit;
 pub mod client;
 pub mod device;
 pub mod duration;
 pub mod fleet;
 pub mod output;
+pub mod product;
+pub mod register;
 pub mod release;
 pub mod rollout;
 pub mod token;
 pub mod trust;
+pub mod webhook;
 
 use std::path::{Path, PathBuf};
 
@@ -48,7 +53,7 @@ pub struct Cli {
     )]
     pub ca: Option<PathBuf>,
 
-    /// Operator token.
+    /// Operator token (a new server writes its admin token to DATA_DIR/admin-token).
     #[arg(
         long,
         env = "ALOFT_TOKEN",
@@ -79,9 +84,14 @@ pub struct Cli {
 /// The command groups.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Provision, list, show and revoke devices.
+    /// Register (keys made on the device), provision (development), wait
+    /// for, list, show and revoke devices.
     #[command(subcommand)]
     Device(device::DeviceCommand),
+    /// Declare what a product's devices install (encrypted or signature-only
+    /// payloads) and whether its data is sensitive.
+    #[command(subcommand)]
+    Product(product::ProductCommand),
     /// Upload and list releases.
     #[command(subcommand)]
     Release(release::ReleaseCommand),
@@ -99,6 +109,12 @@ pub enum Command {
     /// Inspect the server.
     #[command(subcommand)]
     Server(trust::ServerCommand),
+    /// Send events to other systems: signed HTTP POSTs (admin).
+    #[command(subcommand)]
+    Webhook(webhook::WebhookCommand),
+    /// List and verify the tamper-evident audit log (admin).
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 /// What every command gets: a connected client and the output format.
@@ -119,27 +135,40 @@ impl Ctx {
 }
 
 /// Runs one parsed command line.
+///
+/// Everything that can be checked locally is checked before the server is
+/// contacted: the server URL, the token, the CA file, and a command's own
+/// files and inputs (provisioning).
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let token = resolve_token(cli.token.as_deref(), cli.token_file.as_deref())?;
-    let auth = BearerAuth::new(&token)?;
-    let ca_pem = cli.ca.as_deref().map(read_ca).transpose()?;
-    let Some(url) = cli
+    let url = cli
         .server
         .as_deref()
         .map(str::trim)
-        .filter(|u| !u.is_empty())
-    else {
+        .filter(|u| !u.is_empty());
+    let token = resolve_token(cli.token.as_deref(), cli.token_file.as_deref());
+    let Some(url) = url else {
+        let also = match &token {
+            Err(e) => format!("\n  and {e:#}"),
+            Ok(_) => String::new(),
+        };
         bail!(
-            "no server given: pass --server URL or set ALOFT_SERVER (e.g. https://ota.example.com:7443)"
+            "no server given: pass --server URL or set ALOFT_SERVER (e.g. https://ota.example.com:7443){also}"
         );
     };
+    let auth = BearerAuth::new(&token?)?;
+    let ca_pem = cli
+        .ca
+        .as_deref()
+        .map(|path| read_ca(path, "--ca / ALOFT_CA"))
+        .transpose()?;
     let target = ServerTarget {
         url: url.to_owned(),
         ca_pem,
     };
+    client::endpoint(&target)?;
     // Refuse bad local input (files, directories) before touching the server.
     let prepared = match &cli.command {
-        Command::Device(cmd) => device::prepare(cmd)?,
+        Command::Device(cmd) => device::prepare(cmd, &target)?,
         _ => None,
     };
     let client = client::connect(&target, auth).await?;
@@ -156,11 +185,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Device(cmd) => device::run(&mut ctx, cmd, prepared).await,
         Command::Release(cmd) => release::run(&mut ctx, cmd).await,
+        Command::Product(cmd) => product::run(&mut ctx, cmd).await,
         Command::Rollout(cmd) => rollout::run(&mut ctx, cmd).await,
         Command::Fleet(args) => fleet::run(&mut ctx, &args).await,
         Command::Token(cmd) => token::run(&mut ctx, cmd).await,
         Command::TrustRoot(cmd) => trust::run_trust_root(&mut ctx, cmd).await,
         Command::Server(cmd) => trust::run_server(&mut ctx, cmd).await,
+        Command::Webhook(cmd) => webhook::run(&mut ctx, cmd).await,
+        Command::Audit(cmd) => audit::run(&mut ctx, cmd).await,
     }
 }
 
@@ -188,16 +220,26 @@ pub fn resolve_token(token: Option<&str>, token_file: Option<&Path>) -> anyhow::
     Ok(token.to_owned())
 }
 
-fn read_ca(path: &Path) -> anyhow::Result<String> {
-    let pem = std::fs::read_to_string(path).with_context(|| {
-        format!(
-            "could not read the CA file {} (--ca / ALOFT_CA)",
-            path.display()
-        )
-    })?;
-    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+/// Reads a PEM CA certificate file given with `flag` (named in errors).
+pub fn read_ca(path: &Path, flag: &str) -> anyhow::Result<String> {
+    if path.is_dir() {
         bail!(
-            "the CA file {} holds no PEM certificate (--ca / ALOFT_CA)",
+            "the CA file {} ({flag}) is a directory: name the PEM file in it, e.g. {}",
+            path.display(),
+            path.join("ca.pem").display()
+        );
+    }
+    let pem = std::fs::read_to_string(path)
+        .with_context(|| format!("could not read the CA file {} ({flag})", path.display()))?;
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        let what = if pem.contains("PRIVATE KEY-----") {
+            "a private key, not a certificate"
+        } else {
+            "no PEM certificate"
+        };
+        bail!(
+            "the CA file {} ({flag}) holds {what}: pass the CA's certificate (`cargo xtask keys --out DIR` \
+             writes it to DIR/ca.pem)",
             path.display()
         );
     }
@@ -248,11 +290,27 @@ mod tests {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         writeln!(file, "not a certificate").unwrap();
         assert!(
-            read_ca(file.path())
+            read_ca(file.path(), "--ca / ALOFT_CA")
                 .unwrap_err()
                 .to_string()
                 .contains("no PEM")
         );
+        let mut key = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            key,
+            "-----BEGIN PRIVATE KEY-----\nMC4=\n-----END PRIVATE KEY-----"
+        )
+        .unwrap();
+        let err = read_ca(key.path(), "--device-ca").unwrap_err().to_string();
+        assert!(
+            err.contains("a private key, not a certificate") && err.contains("--device-ca"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let err = read_ca(dir.path(), "--ca / ALOFT_CA")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is a directory"), "{err}");
     }
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
@@ -306,6 +364,35 @@ mod tests {
                 "colour=red",
             ],
             &["device", "provision", "--id", "d"],
+            &["device", "provision", "--id", "d", "--out", "o"],
+            &[
+                "device",
+                "provision",
+                "--id",
+                "d",
+                "--out",
+                "o",
+                "--factory-version",
+                "1.0",
+            ],
+            &[
+                "device",
+                "provision",
+                "--id",
+                "bad id",
+                "--out",
+                "o",
+                "--factory-version",
+                "1.0.0",
+            ],
+            &["device", "show", ""],
+            &["device", "revoke", "a/b"],
+            &["rollout", "create", "bad id", "--release", "f"],
+            &["rollout", "create", "r", "--release", ".f"],
+            &["rollout", "watch", "r", "--interval", "1.5s"],
+            &["rollout", "force", "r", "bad device"],
+            &["token", "create", "--name", "", "--role", "viewer"],
+            &["token", "revoke", ""],
             &["device", "show"],
             &["rollout", "create", "r"],
             &[
@@ -342,6 +429,40 @@ mod tests {
             let err = parse(bad).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn provisioning_names_its_required_flags() {
+        let err = parse(&["device", "provision", "--id", "d", "--out", "o"]).unwrap_err();
+        assert!(err.to_string().contains("--factory-version <V>"), "{err}");
+        let err = parse(&[
+            "device",
+            "provision",
+            "--id",
+            "d",
+            "--out",
+            "o",
+            "--factory-version",
+            "1.0",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("MAJOR.MINOR.PATCH"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_server_and_token_are_named_together() {
+        let cli = parse(&["device", "list"]).unwrap();
+        let cli = Cli {
+            server: None,
+            token: None,
+            token_file: None,
+            ..cli
+        };
+        let err = format!("{:#}", run(cli).await.unwrap_err());
+        assert!(
+            err.contains("no server given") && err.contains("no operator token"),
+            "{err}"
+        );
     }
 
     #[test]

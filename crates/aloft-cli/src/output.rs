@@ -154,6 +154,7 @@ pub fn role_word(role: i32) -> &'static str {
         Ok(pb::Role::Viewer) => "viewer",
         Ok(pb::Role::Operator) => "operator",
         Ok(pb::Role::Admin) => "admin",
+        Ok(pb::Role::Factory) => "factory",
         Ok(pb::Role::Unspecified) | Err(_) => "unknown",
     }
 }

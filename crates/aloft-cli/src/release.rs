@@ -68,12 +68,16 @@ pub fn read_bundle(path: &Path) -> anyhow::Result<pb::ReleaseBundle> {
     {
         bail!("{} has no release manifest", path.display());
     }
-    ContentKey::from_slice(&bundle.content_key).map_err(|_| {
-        anyhow!(
-            "{} has no valid content key (needs 32 bytes)",
-            path.display()
-        )
-    })?;
+    // A signature-only release (`aloft-release release --signature-only`)
+    // has no content key; the server checks which one the manifest says.
+    if !bundle.content_key.is_empty() {
+        ContentKey::from_slice(&bundle.content_key).map_err(|_| {
+            anyhow!(
+                "{} has no valid content key (needs 32 bytes, or none for a signature-only release)",
+                path.display()
+            )
+        })?;
+    }
     if bundle.payload.is_empty() {
         bail!("{} has an empty payload", path.display());
     }

@@ -18,6 +18,10 @@ pub enum Role {
     Operator,
     /// Everything, including tokens and the TrustRoot.
     Admin,
+    /// A factory station: registers devices from their own registration
+    /// requests and reads the devices it registered and the server info;
+    /// nothing else (no device list, releases, rollouts or tokens).
+    Factory,
 }
 
 impl From<Role> for pb::Role {
@@ -26,6 +30,7 @@ impl From<Role> for pb::Role {
             Role::Viewer => Self::Viewer,
             Role::Operator => Self::Operator,
             Role::Admin => Self::Admin,
+            Role::Factory => Self::Factory,
         }
     }
 }
@@ -35,8 +40,8 @@ impl From<Role> for pb::Role {
 pub enum TokenCommand {
     /// Create a token; its secret is printed once and never again.
     Create {
-        /// A name to recognise the token by, e.g. "ci" or "alice".
-        #[arg(long)]
+        /// A name to recognise the token by, e.g. "ci" or "alice" (1-64 bytes).
+        #[arg(long, value_parser = crate::args::token_name)]
         name: String,
         /// What the token may do.
         #[arg(long, value_enum)]
@@ -47,6 +52,7 @@ pub enum TokenCommand {
     /// Revoke a token: it stops working at once.
     Revoke {
         /// Token id (from `aloft token list`).
+        #[arg(value_parser = crate::args::token_id)]
         id: String,
     },
 }

@@ -1,4 +1,4 @@
-//! `aloft trust-root set` and `aloft server info`.
+//! `aloft trust-root set | show | history` and `aloft server info`.
 
 use std::path::{Path, PathBuf};
 
@@ -17,11 +17,18 @@ use crate::output;
 /// `aloft trust-root` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum TrustRootCommand {
-    /// Install the first TrustRoot or rotate to the next (admin only).
+    /// Install the first TrustRoot or rotate to the next (admin only): a
+    /// rotation is made with `aloft-release keys rotate` and must be the
+    /// newest version + 1, signed by the newest root's keys and its own.
     Set {
         /// A SignedEnvelope protobuf file holding the root-signed TrustRoot.
         file: PathBuf,
     },
+    /// Show the newest TrustRoot: its keys by role, thresholds and expiry.
+    Show,
+    /// Every TrustRoot the server accepted, oldest first (devices that lag
+    /// are sent the ones they lack).
+    History,
 }
 
 /// `aloft server` subcommands.
@@ -35,7 +42,166 @@ pub enum ServerCommand {
 pub async fn run_trust_root(ctx: &mut Ctx, cmd: TrustRootCommand) -> anyhow::Result<()> {
     match cmd {
         TrustRootCommand::Set { file } => set(ctx, &file).await,
+        TrustRootCommand::Show => show(ctx).await,
+        TrustRootCommand::History => history(ctx).await,
     }
+}
+
+async fn show(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let info = ctx
+        .client
+        .get_server_info(pb::GetServerInfoRequest {})
+        .await
+        .map_err(|s| status_error("reading the server's TrustRoot", &s))?
+        .into_inner();
+    let Some(env) = &info.trust_root else {
+        if ctx.json() {
+            return output::print_json(&serde_json::Value::Null);
+        }
+        anyhow::bail!(
+            "the server has no TrustRoot yet: install one with `aloft trust-root set FILE`"
+        );
+    };
+    let t = root_json(env, &info.server_public_key)
+        .ok_or_else(|| anyhow!("the server's TrustRoot does not decode"))?;
+    if ctx.json() {
+        return output::print_json(&t);
+    }
+    let now = now_unix();
+    let ids = |keys: &[String]| {
+        keys.iter()
+            .map(|k| key_id_of(k))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    output::print_fields(&[
+        ("version", t.version.to_string()),
+        (
+            "expires",
+            format!(
+                "{} ({})",
+                crate::duration::utc_text(t.expires_at),
+                age(now, t.expires_at)
+            ),
+        ),
+        (
+            "root keys",
+            format!(
+                "{} of {}: {}",
+                t.root_threshold,
+                t.root_keys.len(),
+                ids(&t.root_keys)
+            ),
+        ),
+        (
+            "release keys",
+            format!(
+                "{} of {}: {}",
+                t.release_threshold,
+                t.release_keys.len(),
+                ids(&t.release_keys)
+            ),
+        ),
+        (
+            "server keys",
+            format!(
+                "{}{}",
+                ids(&t.server_keys),
+                if t.lists_server_key {
+                    " (lists this server's key)"
+                } else {
+                    " (does NOT list this server's key)"
+                }
+            ),
+        ),
+    ])
+}
+
+/// One root of `aloft trust-root history --json`.
+#[derive(Debug, Serialize)]
+struct HistoryJson {
+    #[serde(flatten)]
+    root: TrustRootJson,
+    /// Unix seconds the server accepted it (0: unknown).
+    installed_at: u64,
+}
+
+async fn history(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let info = ctx
+        .client
+        .get_server_info(pb::GetServerInfoRequest {})
+        .await
+        .map_err(|s| status_error("reading server info", &s))?
+        .into_inner();
+    let roots = ctx
+        .client
+        .get_trust_root_history(pb::GetTrustRootHistoryRequest {})
+        .await
+        .map_err(|s| status_error("reading the TrustRoot history", &s))?
+        .into_inner()
+        .roots;
+    let rows: Vec<HistoryJson> = roots
+        .iter()
+        .filter_map(|r| {
+            let root = root_json(r.trust_root.as_ref()?, &info.server_public_key)?;
+            Some(HistoryJson {
+                root,
+                installed_at: r.installed_at,
+            })
+        })
+        .collect();
+    if ctx.json() {
+        return output::print_json(&rows);
+    }
+    if rows.is_empty() {
+        println!("no TrustRoot installed: install one with `aloft trust-root set FILE`");
+        return Ok(());
+    }
+    let now = now_unix();
+    let mut table = output::Table::new(&[
+        "VERSION",
+        "INSTALLED",
+        "EXPIRES",
+        "ROOT",
+        "RELEASE KEYS",
+        "SERVER KEYS",
+    ]);
+    let short = |keys: &[String]| {
+        keys.iter()
+            .map(|k| key_id_of(k).chars().take(8).collect::<String>())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    for r in &rows {
+        let t = &r.root;
+        table.row(vec![
+            t.version.to_string(),
+            if r.installed_at == 0 {
+                "-".into()
+            } else {
+                crate::duration::utc_text(r.installed_at)
+            },
+            age(now, t.expires_at),
+            format!("{}/{}", t.root_threshold, t.root_keys.len()),
+            format!(
+                "{}/{} {}",
+                t.release_threshold,
+                t.release_keys.len(),
+                short(&t.release_keys)
+            ),
+            short(&t.server_keys),
+        ]);
+    }
+    table.print()
+}
+
+/// The key id (hex) of a hex SEC1 public key, or the hex itself if it does
+/// not parse.
+fn key_id_of(hex_key: &str) -> String {
+    hex::decode(hex_key)
+        .ok()
+        .and_then(|b| PublicKey::from_sec1(&b).ok())
+        .map_or_else(|| hex_key.to_owned(), |k| k.key_id().to_string())
 }
 
 /// Runs one `aloft server` command.
@@ -107,6 +273,8 @@ pub struct InfoJson {
     server_key_id: String,
     server_time: u64,
     trust_root: Option<TrustRootJson>,
+    /// The next directive key (made, not yet listed or not yet switched to).
+    next_server_public_key: Option<String>,
 }
 
 /// A TrustRoot summary (public keys as hex SEC1).
@@ -129,24 +297,32 @@ pub fn info_json(info: &pb::ServerInfo) -> InfoJson {
     let trust_root = info
         .trust_root
         .as_ref()
-        .and_then(|env| pb::TrustRoot::decode(env.payload.as_slice()).ok())
-        .map(|t| TrustRootJson {
-            version: t.version,
-            expires_at: t.expires_at,
-            root_keys: t.root_keys.iter().map(hex::encode).collect(),
-            root_threshold: t.root_threshold,
-            release_keys: t.release_keys.iter().map(hex::encode).collect(),
-            release_threshold: t.release_threshold,
-            lists_server_key: lists_key(&t.server_keys, &info.server_public_key),
-            server_keys: t.server_keys.iter().map(hex::encode).collect(),
-        });
+        .and_then(|env| root_json(env, &info.server_public_key));
     InfoJson {
         version: info.version.clone(),
         server_public_key: hex::encode(&info.server_public_key),
         server_key_id: key_id,
         server_time: info.server_time,
         trust_root,
+        next_server_public_key: crate::output::non_empty(&hex::encode(
+            &info.next_server_public_key,
+        )),
     }
+}
+
+/// A TrustRoot envelope's summary; `server_key` is this server's key.
+fn root_json(env: &pb::SignedEnvelope, server_key: &[u8]) -> Option<TrustRootJson> {
+    let t = pb::TrustRoot::decode(env.payload.as_slice()).ok()?;
+    Some(TrustRootJson {
+        version: t.version,
+        expires_at: t.expires_at,
+        root_keys: t.root_keys.iter().map(hex::encode).collect(),
+        root_threshold: t.root_threshold,
+        release_keys: t.release_keys.iter().map(hex::encode).collect(),
+        release_threshold: t.release_threshold,
+        lists_server_key: lists_key(&t.server_keys, server_key),
+        server_keys: t.server_keys.iter().map(hex::encode).collect(),
+    })
 }
 
 /// True if `keys` holds `key` (compared as points, whatever the encoding).
@@ -209,6 +385,14 @@ fn print_info(ctx: &Ctx, info: &pb::ServerInfo) -> anyhow::Result<()> {
                 ),
             ));
         }
+    }
+    if let Some(next) = &summary.next_server_public_key {
+        fields.push((
+            "next server key",
+            format!(
+                "{next} (list it in the next TrustRoot; the server switches once that root is installed)"
+            ),
+        ));
     }
     output::print_fields(&fields)
 }

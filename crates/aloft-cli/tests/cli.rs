@@ -259,7 +259,16 @@ async fn provision_list_show_revoke_over_plaintext() {
 
     // Without a TrustRoot the device would trust nothing: refused, nothing written.
     let out = h.path("early");
-    let mut args = vec!["device", "provision", "--id", "early", "--out", &out];
+    let mut args = vec![
+        "device",
+        "provision",
+        "--id",
+        "early",
+        "--factory-version",
+        "1.0.0",
+        "--out",
+        &out,
+    ];
     args.extend_from_slice(ATTRS);
     h.aloft(&args)
         .await
@@ -308,6 +317,8 @@ async fn provision_list_show_revoke_over_plaintext() {
         "provision",
         "--id",
         "dev-9",
+        "--factory-version",
+        "1.0.0",
         "--out",
         dir.to_str().unwrap(),
     ];
@@ -338,6 +349,8 @@ async fn provision_list_show_revoke_over_plaintext() {
             "provision",
             "--id",
             "bad",
+            "--factory-version",
+            "1.0.0",
             "--out",
             &bad_out,
             "--attr",
@@ -520,6 +533,7 @@ fn release_bundle(release_key: &SecretKey, release_id: &str, image: &[u8]) -> pb
         nonce_prefix: nonce_prefix.as_bytes().to_vec(),
         created_at: now(),
         expires_at: now() + 86_400,
+        ..Default::default()
     };
     let params = PayloadParams {
         image_len: image.len() as u64,
@@ -1066,4 +1080,299 @@ async fn rollout_watch_follows_events_until_cancelled() {
     h.aloft(&["rollout", "watch", "nope"])
         .await
         .fails(1, &["watching rollout nope", "not found"]);
+}
+
+// ---- what a newcomer trips over (issue 18) ----
+
+mod pty;
+
+/// Waits up to 20 s for `needle` in what the pty received so far.
+async fn wait_for_screen(pty: &pty::Pty, needle: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !String::from_utf8_lossy(&pty.output()).contains(needle) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{needle:?} never reached the terminal; it got:\n{}",
+            String::from_utf8_lossy(&pty.output())
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// What a `cols` x 24 terminal shows after `bytes`, row by row, with the
+/// rows that wrapped into the next one.
+fn screen_rows(bytes: &[u8], cols: u16) -> (Vec<String>, Vec<usize>) {
+    let mut parser = vt100::Parser::new(
+        std::num::NonZeroU16::new(24).unwrap(),
+        std::num::NonZeroU16::new(cols).unwrap(),
+        0,
+    );
+    parser.process(bytes);
+    let screen = parser.screen();
+    let rows: Vec<String> = screen.rows(0, cols).collect();
+    let wrapped = (0..24u16)
+        .filter(|r| screen.row_wrapped(*r))
+        .map(usize::from)
+        .collect();
+    (rows, wrapped)
+}
+
+/// Checks that the screen holds exactly one rollout block for `id`, with
+/// `stages`, and that no row wrapped; returns the screen's rows.
+fn one_picture(bytes: &[u8], cols: u16, id: &str, stages: &[&str]) -> Result<Vec<String>, String> {
+    let (rows, wrapped) = screen_rows(bytes, cols);
+    let picture = rows.join("\n");
+    if !wrapped.is_empty() {
+        return Err(format!("rows {wrapped:?} wrapped:\n{picture}"));
+    }
+    let headers = rows
+        .iter()
+        .filter(|r| r.starts_with(&format!("rollout {id} ")))
+        .count();
+    if headers != 1 {
+        return Err(format!("{headers} rollout blocks:\n{picture}"));
+    }
+    for stage in stages {
+        let shown = rows
+            .iter()
+            .filter(|r| {
+                r.get(2..)
+                    .is_some_and(|r| r.starts_with(&format!("{stage} ")))
+            })
+            .count();
+        if shown != 1 {
+            return Err(format!("stage {stage} shown {shown} times:\n{picture}"));
+        }
+    }
+    let headings = rows
+        .iter()
+        .filter(|r| r.trim_start().starts_with("STAGE"))
+        .count();
+    if headings != 1 {
+        return Err(format!("{headings} column headings:\n{picture}"));
+    }
+    Ok(rows)
+}
+
+/// Waits up to 10 s for the terminal to show one picture for which `want`
+/// holds (a snapshot may fall between the erase and the redraw).
+async fn wait_for_picture(
+    pty: &pty::Pty,
+    cols: u16,
+    id: &str,
+    stages: &[&str],
+    want: impl Fn(&[String]) -> Result<(), String>,
+) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let result = one_picture(&pty.output(), cols, id, stages)
+            .and_then(|rows| want(&rows).map(|()| rows));
+        match result {
+            Ok(rows) => return rows,
+            Err(why) if std::time::Instant::now() >= deadline => panic!("{why}"),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// Runs `aloft rollout watch ID` on a `cols` x 24 pty through a pause with
+/// a reason too long for the line, a resume and a cancel, checking after
+/// each that the terminal shows one up-to-date picture.
+async fn watch_on_a_terminal(h: &Harness, id: &str, cols: u16) {
+    const STAGES: &[&str] = &["test", "canary", "100%"];
+    h.aloft(&[
+        "rollout",
+        "create",
+        id,
+        "--release",
+        "sensor-1.1.0",
+        "--stages",
+        "test,canary=10%,100%",
+    ])
+    .await
+    .ok();
+    let pty = pty::Pty::open(cols, 24);
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_aloft"))
+        .env_remove("ALOFT_CA")
+        .env_remove("NO_COLOR")
+        .env_remove("COLUMNS")
+        .env_remove("LINES")
+        .env("TERM", "xterm")
+        .env("ALOFT_SERVER", &h.url)
+        .env("ALOFT_TOKEN", &h.admin_token)
+        .args(["rollout", "watch", id, "--interval", "1s"])
+        .stdin(std::process::Stdio::null())
+        .stdout(pty.terminal())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for_screen(&pty, &format!("rollout {id} ")).await;
+
+    let reason = "waiting for the field team to confirm that the lab devices rebooted cleanly \
+                  after the power cut";
+    h.aloft(&["rollout", "pause", id, "--reason", reason])
+        .await
+        .ok();
+    wait_for_screen(&pty, "paused  stage").await;
+    // A periodic redraw (every second) of the paused rollout, in place, its
+    // reason cut to the line.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    wait_for_picture(&pty, cols, id, STAGES, |rows| {
+        let header = rows.iter().find(|r| r.starts_with("rollout ")).unwrap();
+        let reason_row = rows.iter().find(|r| r.starts_with("pause reason: waiting"));
+        match reason_row {
+            Some(r) if header.contains("paused") && r.ends_with('…') => Ok(()),
+            _ => Err(format!(
+                "not paused with an elided reason:\n{}",
+                rows.join("\n")
+            )),
+        }
+    })
+    .await;
+
+    h.aloft(&["rollout", "resume", id]).await.ok();
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    h.aloft(&["rollout", "cancel", id]).await.ok();
+    let status = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait())
+        .await
+        .expect("watch did not end after the cancel")
+        .unwrap();
+    let mut stderr = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr)
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}: {stderr}");
+    let bytes = pty.finish();
+    let text = String::from_utf8_lossy(&bytes);
+    let redraws = text.matches(&format!("rollout {id} ")).count();
+    assert!(redraws >= 5, "only {redraws} redraws:\n{text}");
+
+    // The last picture: one block, up to date, the watch's last word below it.
+    let rows = one_picture(&bytes, cols, id, STAGES).unwrap_or_else(|why| panic!("{why}"));
+    eprintln!("{cols} columns, at the end:\n{}", rows.join("\n"));
+    let header = rows.iter().find(|r| r.starts_with("rollout ")).unwrap();
+    assert!(header.contains("cancelled"), "{header}");
+    let shown: Vec<&String> = rows.iter().filter(|r| !r.trim().is_empty()).collect();
+    assert_eq!(
+        shown.last().map(|r| r.as_str()),
+        Some("watch ended: cancelled"),
+        "{}",
+        rows.join("\n")
+    );
+    assert!(
+        !rows.iter().any(|r| r.starts_with("pause reason")),
+        "the picture is not up to date:\n{}",
+        rows.join("\n")
+    );
+    // The events scrolled above the block, each on one row.
+    assert!(
+        rows.iter().any(|r| r.contains("rollout_state")),
+        "{}",
+        rows.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_watch_draws_one_picture_on_a_terminal() {
+    let h = Harness::plaintext().await;
+    rollout_fixture(&h).await;
+    watch_on_a_terminal(&h, "r80", 80).await;
+    // Narrower than the full table: columns go, nothing wraps.
+    watch_on_a_terminal(&h, "r50", 50).await;
+}
+
+/// `device provision` refuses missing and malformed inputs itself, before
+/// the server is asked: this server has no TrustRoot, so any refusal that
+/// came from it would be "no TrustRoot" instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provisioning_checks_its_inputs_before_the_server() {
+    let h = Harness::plaintext().await;
+    let out = h.path("dev-1");
+    let provision = |extra: &[&'static str]| {
+        let mut args = vec!["device", "provision", "--id", "dev-1", "--out", &out];
+        args.extend_from_slice(extra);
+        args
+    };
+    let attrs = &["--attr", "product=sensor", "--attr", "hardware=rev-b"];
+    let attrs_v1 = &[
+        "--attr",
+        "product=sensor",
+        "--attr",
+        "hardware=rev-b",
+        "--factory-version",
+        "1.0.0",
+    ];
+
+    // The flag is named, as a usage error; nothing was written.
+    let err = h
+        .aloft(&provision(attrs))
+        .await
+        .fails(2, &["required", "--factory-version <V>"]);
+    assert!(!err.contains("rejected"), "{err}");
+    assert!(!Path::new(&out).exists());
+    // Even with no server to ask.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_aloft"))
+        .env_remove("ALOFT_CA")
+        .args(["--server", "http://127.0.0.1:1", "--token", "t"])
+        .args(provision(attrs))
+        .output()
+        .await
+        .unwrap();
+    Run::from(output, &["device", "provision"]).fails(2, &["--factory-version"]);
+    let mut bad_version = provision(attrs);
+    bad_version.extend(["--factory-version", "1.0"]);
+    h.aloft(&bad_version)
+        .await
+        .fails(2, &["\"1.0\" is not a version", "MAJOR.MINOR.PATCH"]);
+    let mut bad_id = provision(attrs_v1);
+    bad_id[3] = "dev 1";
+    h.aloft(&bad_id)
+        .await
+        .fails(2, &["\"dev 1\" is not a valid device id"]);
+
+    // Product and hardware are required by the server: said here.
+    h.aloft(&provision(&["--factory-version", "1.0.0"]))
+        .await
+        .fails(
+            1,
+            &["--attr product=NAME and --attr hardware=REVISION", "e.g."],
+        );
+    h.aloft(&provision(&[
+        "--factory-version",
+        "1.0.0",
+        "--attr",
+        "product=sensor",
+    ]))
+    .await
+    .fails(1, &["provisioning needs --attr hardware=REVISION"]);
+
+    // What the device is given must work for it.
+    let mut url = provision(attrs_v1);
+    url.extend(["--device-server-url", "localhost:7443"]);
+    h.aloft(&url)
+        .await
+        .fails(1, &["--device-server-url", "https://localhost:7443"]);
+    let mut tls = provision(attrs_v1);
+    tls.extend(["--device-server-url", "https://localhost:7443"]);
+    h.aloft(&tls)
+        .await
+        .fails(1, &["no CA to pin", "--device-ca"]);
+    let key = h.path("server.key");
+    std::fs::write(
+        &key,
+        "-----BEGIN PRIVATE KEY-----\nMC4=\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let mut ca = provision(attrs_v1);
+    ca.extend(["--device-ca", &key]);
+    h.aloft(&ca)
+        .await
+        .fails(1, &["--device-ca", "a private key, not a certificate"]);
+    assert!(!Path::new(&out).join("identity.pb").exists());
+
+    // With everything given, the server's own precondition is named.
+    h.aloft(&provision(attrs_v1))
+        .await
+        .fails(1, &["no TrustRoot", "aloft trust-root set"]);
 }

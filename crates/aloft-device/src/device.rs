@@ -1,4 +1,5 @@
-//! The device: its flash, layout and durable state; the boot decision and the
+//! The device: its flash, layout and durable state; the boot decision, the
+//! TrustRoot it verifies updates under, offer verification, and the
 //! firmware-side API (confirm, reports).
 
 use alloc::string::String;
@@ -6,13 +7,21 @@ use alloc::vec;
 
 use aloft_protocol::envelope::decode_envelope;
 use aloft_protocol::pb;
-use aloft_protocol::trust::{VerifiedManifest, VerifiedTrustRoot};
-use aloft_protocol::{Digest, ReleaseId, SecurityVersion, UnixTime};
+use aloft_protocol::prost::Message as _;
+use aloft_protocol::trust::{
+    DeviceContext, Manifest, VerifiedTrustRoot, VerifiedUpdate, danger, verify_update,
+};
+use aloft_protocol::{
+    DeviceId, DeviceNonce, Digest, ReleaseId, SecurityVersion, UnixTime, Version,
+};
 use embedded_storage::nor_flash::NorFlash;
 
-use crate::layout::{Layout, Slot};
-use crate::state::{self, LogPos, Name, Report, ReportDetail, ReportId, ReportKind, State};
-use crate::{Error, flash};
+use crate::layout::{EraseSectors, Layout, Slot};
+use crate::profile::PayloadPolicy;
+use crate::state::{
+    self, LogPos, Name, Report, ReportDetail, ReportId, ReportKind, SlotRecord, State, TrustRef,
+};
+use crate::{Error, flash, trust};
 
 /// Default number of times a trial image is started before the device gives
 /// up on it and reverts.
@@ -21,6 +30,35 @@ pub const DEFAULT_TRIAL_ATTEMPTS: u8 = 3;
 /// The default progress interval is 1/16 of the slot's image capacity, at
 /// most this many bytes (see [`Device::set_progress_interval`]).
 pub const DEFAULT_PROGRESS_INTERVAL: u32 = 64 * 1024;
+
+/// How far one accepted directive may move the device's attested time
+/// (threat 23: a wrong or hostile server clock).
+///
+/// The attested-time floor is the newest server time the device accepted;
+/// directives older than it are refused. A directive's server time is
+/// authenticated, but a server whose clock runs months ahead would move the
+/// floor months ahead, and every genuine directive after it would read as
+/// regressed. So the floor moves at most to the device's own clock plus
+/// `max_clock_skew_secs` when it has a clock, and at most
+/// `max_step_secs` past the old floor per accepted directive (one per
+/// session) when it has none. A server time beyond that is remembered as
+/// the disagreement ([`Device::server_clock_ahead`]) and reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimePolicy {
+    /// With a clock: how far ahead of it the floor may go.
+    pub max_clock_skew_secs: u64,
+    /// Without a clock: how far one accepted directive may move the floor.
+    pub max_step_secs: u64,
+}
+
+impl Default for TimePolicy {
+    fn default() -> Self {
+        Self {
+            max_clock_skew_secs: 600,
+            max_step_secs: 86_400,
+        }
+    }
+}
 
 /// What a device is, for the installer's compatibility checks.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,21 +69,112 @@ pub struct DeviceConfig {
     pub hardware: String,
     /// Starts allowed for a trial image before it is rolled back (>= 1).
     pub trial_attempts: u8,
+    /// How far accepted directives may move the attested time.
+    pub time: TimePolicy,
+    /// Which payload encodings it installs (its capability profile).
+    pub payloads: PayloadPolicy,
 }
 
-/// The outcome of a boot decision: the slot to start and its verified manifest.
+impl DeviceConfig {
+    /// A configuration with the default trial attempts, time policy and
+    /// payload policy ([`PayloadPolicy::default`]: encrypted only when the
+    /// `decrypt` feature is on).
+    pub fn new(product: impl Into<String>, hardware: impl Into<String>) -> Self {
+        Self {
+            product: product.into(),
+            hardware: hardware.into(),
+            trial_attempts: DEFAULT_TRIAL_ATTEMPTS,
+            time: TimePolicy::default(),
+            payloads: PayloadPolicy::default(),
+        }
+    }
+
+    /// The same configuration with payload policy `payloads`.
+    pub fn with_payloads(mut self, payloads: PayloadPolicy) -> Self {
+        self.payloads = payloads;
+        self
+    }
+}
+
+/// The device's sense of time when it verifies something.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Clock {
+    /// A real-time clock reads this.
+    At(UnixTime),
+    /// No clock: the attested-time floor stands in for now.
+    None,
+}
+
+/// The outcome of a boot decision: the slot to start and its manifest.
 #[derive(Clone, Debug)]
 pub struct Booted {
     /// The slot to start.
     pub slot: Slot,
-    /// Its manifest, verified at this boot together with the image digest.
-    pub manifest: VerifiedManifest,
+    /// Its manifest: the one recorded for this slot when its image was
+    /// verified, re-checked against that record and the image at this boot.
+    pub manifest: Manifest,
     /// True for an unconfirmed trial image: arm the watchdog, and expect the
     /// firmware to call [`Device::confirm`] after its health check.
     pub trial: bool,
 }
 
-/// The hardware watchdog, as the firmware sees it: armed before a trial image
+/// What runs: the image in the booted slot, as recorded when it was verified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunningImage {
+    /// The slot.
+    pub slot: Slot,
+    /// Its firmware version.
+    pub version: Version,
+    /// Its security version.
+    pub security_version: SecurityVersion,
+}
+
+/// The TrustRoot a device verifies updates under, as it reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrustStatus {
+    /// Its version.
+    pub version: u32,
+    /// Its expiry.
+    pub expires_at: UnixTime,
+    /// Expired (by the device's clock, or its attested time): the device
+    /// cannot verify updates until a successor arrives.
+    pub expired: bool,
+}
+
+/// Binds an offer to one session of this device.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionBinding<'a> {
+    /// This device's id.
+    pub device_id: &'a DeviceId,
+    /// The nonce this session's hello carried.
+    pub nonce: &'a DeviceNonce,
+}
+
+/// An offer this device verified ([`Device::verify_offer`]) against its own
+/// state and TrustRoot; the only input [`Device::begin_install`] takes.
+#[derive(Clone, Debug)]
+pub struct AcceptedOffer {
+    pub(crate) update: VerifiedUpdate,
+    /// The attested time accepting it moves the floor to.
+    pub(crate) attested: UnixTime,
+    /// How far the directive's server time was beyond `attested`.
+    pub(crate) server_ahead: u64,
+}
+
+impl AcceptedOffer {
+    /// The verified directive and manifest.
+    pub fn update(&self) -> &VerifiedUpdate {
+        &self.update
+    }
+
+    /// How far ahead of what the device accepts the server's clock was, in
+    /// seconds (0: it agreed).
+    pub fn server_clock_ahead(&self) -> u64 {
+        self.server_ahead
+    }
+}
+
+/// The watchdog, as the firmware sees it: armed before a trial image
 /// starts, petted while healthy; if it fires, the reset costs the trial one
 /// attempt (the boot decision spends attempts, not the watchdog).
 pub trait Watchdog {
@@ -55,33 +184,17 @@ pub trait Watchdog {
     fn pet(&mut self);
 }
 
-/// Verifies a slot's manifest envelope for *booting*: signatures, roles and
-/// fields through the trust root, but deliberately **not expiry**.
-///
-/// Expiry protects a device from being offered a stale release (threat 5);
-/// it is enforced when an update is accepted (`verify_update`). An image that
-/// was accepted and ran yesterday must still boot today, even if its manifest
-/// has since expired and the device has no clock: refusing it could brick the
-/// device. The check is therefore run at time zero.
-pub fn verify_manifest_for_boot(
-    trust: &VerifiedTrustRoot,
-    envelope: &pb::SignedEnvelope,
-) -> Result<VerifiedManifest, aloft_protocol::Error> {
-    trust.verify_manifest(envelope, UnixTime(0))
-}
-
 /// Why a slot did not verify (internal; flash errors propagate separately).
 #[derive(Debug)]
 enum SlotFault {
     NoManifest,
-    BadManifest,
     WrongManifest,
     BelowFloor,
     TooLarge,
     DigestMismatch,
 }
 
-/// A device's flash with its layout and durable state.
+/// A device's flash with its layout, durable state and TrustRoot.
 #[derive(Debug)]
 pub struct Device<F> {
     pub(crate) flash: F,
@@ -89,6 +202,8 @@ pub struct Device<F> {
     pub(crate) config: DeviceConfig,
     pub(crate) state: State,
     log: LogPos,
+    /// The current TrustRoot (None: neither copy verifies; see `open`).
+    trust: Option<VerifiedTrustRoot>,
     /// A write failed: the cached state may differ from flash; reload first.
     stale: bool,
     /// Requested progress interval in bytes (`None`: the default).
@@ -96,10 +211,13 @@ pub struct Device<F> {
 }
 
 impl<F: NorFlash> Device<F> {
-    /// Factory provisioning: writes `image` to slot A with its manifest,
-    /// formats the state partition (slot A active and confirmed, security
-    /// floor at the manifest's security version). The manifest must verify
-    /// against `trust` and describe `image` exactly.
+    /// Factory provisioning: checks the layout against the flash's real
+    /// erase sectors, writes `image` to slot A with its manifest, stores
+    /// `trust` as the device's TrustRoot and formats the state (slot A
+    /// active and confirmed, security floor at the manifest's security
+    /// version). The manifest must carry `trust`'s release-key signatures
+    /// and describe `image` exactly; its expiry is not checked (the factory
+    /// image may have been built long before).
     pub fn provision(
         mut flash: F,
         layout: Layout,
@@ -107,11 +225,17 @@ impl<F: NorFlash> Device<F> {
         trust: &VerifiedTrustRoot,
         image: &[u8],
         manifest_envelope: &[u8],
-    ) -> Result<Self, Error> {
+    ) -> Result<Self, Error>
+    where
+        F: EraseSectors,
+    {
         layout.validate::<F>(flash.capacity())?;
+        layout.check_geometry(&flash)?;
         let envelope = decode_envelope(manifest_envelope)?;
-        let manifest = verify_manifest_for_boot(trust, &envelope)?;
-        if manifest.image_len != image.len() as u64 || Digest::of(image) != manifest.image_digest {
+        let manifest = danger::verify_manifest_ignoring_expiry(trust, &envelope)?;
+        if manifest.image_len() != image.len() as u64
+            || Digest::of(image) != manifest.image_digest()
+        {
             return Err(Error::DigestMismatch);
         }
         if image.len() as u64 > u64::from(layout.image_capacity(Slot::A)) {
@@ -124,7 +248,17 @@ impl<F: NorFlash> Device<F> {
         flash.erase(part.offset, part.end()).map_err(Error::flash)?;
         flash::write_padded(&mut flash, part.offset, image)?;
         write_trailer(&mut flash, &layout, Slot::A, manifest_envelope)?;
-        let state = State::factory(manifest.digest, manifest.security_version);
+        let root = trust.envelope().encode_to_vec();
+        // Copy 0 holds the factory root; the first state record names it.
+        let trust_ref = TrustRef {
+            copy: 0,
+            version: trust.version(),
+            len: root.len() as u32,
+            digest: trust.digest(),
+            expires_at: trust.expires_at(),
+        };
+        let state = State::factory(slot_record(&manifest), trust_ref);
+        trust::write_copy(&mut flash, &layout, 0, &root)?;
         let log = state::format(&mut flash, &layout, &state)?;
         Ok(Self {
             flash,
@@ -132,21 +266,27 @@ impl<F: NorFlash> Device<F> {
             config,
             state,
             log,
+            trust: Some(trust.clone()),
             stale: false,
             progress_interval: None,
         })
     }
 
-    /// Opens a provisioned device: reads the newest valid state record.
+    /// Opens a provisioned device: reads the newest valid state record and
+    /// the TrustRoot copy it names. A TrustRoot copy that no longer
+    /// verifies does not stop the device: it boots and runs as before, and
+    /// [`Device::trust_root`] says why it cannot verify updates.
     pub fn open(mut flash: F, layout: Layout, config: DeviceConfig) -> Result<Self, Error> {
         layout.validate::<F>(flash.capacity())?;
         let (state, log) = state::load(&mut flash, &layout)?;
+        let trust = trust::read_copy(&mut flash, &layout, &state.trust)?;
         Ok(Self {
             flash,
             layout,
             config,
             state,
             log,
+            trust,
             stale: false,
             progress_interval: None,
         })
@@ -190,6 +330,13 @@ impl<F: NorFlash> Device<F> {
     /// The pending trial slot and its attempts left, if any.
     pub fn trial(&self) -> Option<(Slot, u8)> {
         self.state.trial.map(|t| (t.slot, t.attempts_left))
+    }
+
+    /// The release and version of the pending trial image, if any.
+    pub fn trial_image(&self) -> Option<(ReleaseId, Version)> {
+        let trial = self.state.trial?;
+        let record = self.state.slots[trial.slot.index()]?;
+        Some((trial.release.release_id()?, record.version))
     }
 
     /// The anti-rollback floor.
@@ -281,16 +428,145 @@ impl<F: NorFlash> Device<F> {
         Ok(true)
     }
 
-    /// Records a newer attested server time (from an accepted directive);
-    /// the floor never moves back.
-    pub fn raise_time_floor(&mut self, server_time: UnixTime) -> Result<(), Error> {
-        self.refresh()?;
-        if server_time <= self.state.time_floor {
-            return Ok(());
+    /// The image in the booted slot, as recorded when it was verified (at
+    /// install or provisioning). `None` only if the state names no image
+    /// there (never after a successful [`Device::boot`]).
+    pub fn running(&self) -> Option<RunningImage> {
+        let slot = self.state.booted;
+        self.state.slots[slot.index()].map(|r| RunningImage {
+            slot,
+            version: r.version,
+            security_version: r.security_version,
+        })
+    }
+
+    /// The version of the last confirmed image: offers must be newer.
+    pub fn active_version(&self) -> Option<Version> {
+        self.state.slots[self.state.active.index()].map(|r| r.version)
+    }
+
+    /// How far ahead of the attested time the device accepted the last
+    /// accepted directive's server time was, in seconds (0: they agreed).
+    pub fn server_clock_ahead(&self) -> u64 {
+        self.state.server_ahead
+    }
+
+    /// The TrustRoot updates are verified under. Refused when the stored
+    /// copy no longer verifies (bit rot): the device still boots and runs,
+    /// and the server can send the chain again from
+    /// [`TrustStatus::version`].
+    pub fn trust_root(&self) -> Result<&VerifiedTrustRoot, Error> {
+        self.trust.as_ref().ok_or(Error::TrustRootUnreadable)
+    }
+
+    /// The TrustRoot as the device reports it: version, expiry, and whether
+    /// it has expired at `clock` (or at the attested time without a clock).
+    pub fn trust_status(&self, clock: Clock) -> TrustStatus {
+        let t = &self.state.trust;
+        let now = self.now(clock);
+        TrustStatus {
+            version: t.version,
+            expires_at: t.expires_at,
+            expired: now > t.expires_at || self.trust.is_none(),
         }
+    }
+
+    /// The device's idea of now: its clock, never before its attested floor.
+    fn now(&self, clock: Clock) -> UnixTime {
+        match clock {
+            Clock::At(t) => t.max(self.state.time_floor),
+            Clock::None => self.state.time_floor,
+        }
+    }
+
+    /// Walks a chain of TrustRoot successors (oldest first, from the current
+    /// version + 1; see `VerifiedTrustRoot::update_chain`) and stores the
+    /// newest power-safely: it is written to the TrustRoot copy the state
+    /// does not name, read back, then one state record switches to it. A
+    /// power cut at any point leaves the old root or the new one. The
+    /// current root may have expired; the newest must not have, at `clock`.
+    /// Returns the new version. A refused chain changes nothing.
+    pub fn update_trust_root(
+        &mut self,
+        chain: &[pb::SignedEnvelope],
+        clock: Clock,
+    ) -> Result<u32, Error> {
+        self.refresh()?;
+        let now = self.now(clock);
+        let next = self.trust_root()?.update_chain(chain, now)?;
+        let bytes = next.envelope().encode_to_vec();
+        let copy = 1 - self.state.trust.copy;
+        trust::write_copy(&mut self.flash, &self.layout, copy, &bytes)?;
         let mut st = self.state;
-        st.time_floor = server_time;
-        self.commit(st)
+        st.trust = TrustRef {
+            copy,
+            version: next.version(),
+            len: bytes.len() as u32,
+            digest: next.digest(),
+            expires_at: next.expires_at(),
+        };
+        self.commit(st)?;
+        let version = next.version();
+        self.trust = Some(next);
+        Ok(version)
+    }
+
+    /// Verifies an offer against this device's own TrustRoot and state:
+    /// the directive is bound to `binding` (device id, this session's
+    /// nonce), both objects verify under the current root, the release is
+    /// for this product and hardware, at or above the security floor,
+    /// newer than the last confirmed image, fits the inactive slot, the
+    /// directive is not older than the attested time, and the release's
+    /// payload encoding is one this device's [`PayloadPolicy`] installs
+    /// ([`Error::PayloadRefused`]: nothing is written). Also works out how
+    /// far accepting it may move the attested time ([`TimePolicy`]).
+    pub fn verify_offer(
+        &self,
+        directive: &pb::SignedEnvelope,
+        manifest: &pb::SignedEnvelope,
+        binding: SessionBinding<'_>,
+        clock: Clock,
+    ) -> Result<AcceptedOffer, Error> {
+        let trust = self.trust_root()?;
+        let current_version = self.active_version().ok_or(Error::NoBootableSlot)?;
+        let ctx = DeviceContext {
+            device_id: binding.device_id,
+            device_nonce: binding.nonce,
+            product: &self.config.product,
+            hardware: &self.config.hardware,
+            current_version,
+            security_floor: self.state.security_floor,
+            time_floor: self.state.time_floor,
+            slot_capacity: self.inactive_capacity(),
+            now: self.now(clock),
+        };
+        let update = verify_update(trust, directive, manifest, &ctx)?;
+        self.check_payload(update.manifest().payload_encoding())?;
+        let policy = self.config.time;
+        let limit = match clock {
+            Clock::At(t) => t.0.saturating_add(policy.max_clock_skew_secs),
+            Clock::None => self.state.time_floor.0.saturating_add(policy.max_step_secs),
+        };
+        let server_time = update.directive().server_time().0;
+        let attested = UnixTime(server_time.min(limit).max(self.state.time_floor.0));
+        Ok(AcceptedOffer {
+            server_ahead: server_time.saturating_sub(attested.0),
+            attested,
+            update,
+        })
+    }
+
+    /// Refuses a release whose payload encoding this device's policy (or
+    /// build) does not install.
+    pub(crate) fn check_payload(&self, offered: pb::PayloadEncoding) -> Result<(), Error> {
+        if self.config.payloads.accepts(offered) {
+            Ok(())
+        } else {
+            Err(Error::PayloadRefused {
+                offered,
+                policy: self.config.payloads,
+            })
+        }
     }
 
     /// Called by the firmware after its health check: makes the running trial
@@ -306,10 +582,13 @@ impl<F: NorFlash> Device<F> {
             _ if st.confirmed => return Ok(()),
             _ => return Err(Error::NotInTrial),
         };
+        let Some(record) = st.slots[trial.slot.index()] else {
+            return Err(Error::NotInTrial);
+        };
         st.active = trial.slot;
         st.trial = None;
         st.confirmed = true;
-        st.security_floor = st.security_floor.max(trial.security_version);
+        st.security_floor = st.security_floor.max(record.security_version);
         st.push_report(ReportKind::Confirmed, trial.release, ReportDetail::None);
         self.commit(st)
     }
@@ -320,14 +599,18 @@ impl<F: NorFlash> Device<F> {
     /// before it is returned; with no attempts left, or if it fails
     /// verification, the device reverts to the last confirmed slot and queues
     /// a rollback report, in the same record. Whatever slot is returned was
-    /// verified at this boot: manifest signatures through `trust` (expiry not
-    /// enforced, see [`verify_manifest_for_boot`]), the manifest the state
-    /// recorded for that slot, security version at or above the floor, and
-    /// the SHA-256 of the image's `image_len` bytes. If the active slot fails,
-    /// the other slot is used when it holds a previously confirmed image that
-    /// still verifies; if nothing verifies, [`Error::NoBootableSlot`] and
-    /// nothing may be started.
-    pub fn boot(&mut self, trust: &VerifiedTrustRoot) -> Result<Booted, Error> {
+    /// verified at this boot against what the device recorded when it
+    /// installed (or was provisioned with) that image: the trailer holds
+    /// exactly the manifest whose digest the state recorded, its security
+    /// version is at or above the floor, and the image hashes to the
+    /// manifest's SHA-256. Signatures were checked under the TrustRoot of
+    /// that time, so a later rotation that retires the image's release key
+    /// never strands it; new installs always verify under the newest root.
+    /// Manifest expiry is not enforced: an image that ran yesterday boots
+    /// today. If the active slot fails, the other slot is used when it
+    /// holds a previously confirmed image that still verifies; if nothing
+    /// verifies, [`Error::NoBootableSlot`] and nothing may be started.
+    pub fn boot(&mut self) -> Result<Booted, Error> {
         self.refresh()?;
         let mut st = self.state;
         st.boot_count = st.boot_count.wrapping_add(1);
@@ -335,7 +618,7 @@ impl<F: NorFlash> Device<F> {
             let verdict = if trial.attempts_left == 0 {
                 Err(ReportDetail::AttemptsExhausted)
             } else {
-                match self.verify_slot(trust, &st, trial.slot)? {
+                match self.verify_slot(&st, trial.slot)? {
                     Ok(m) => Ok(m),
                     Err(_) => Err(ReportDetail::VerificationFailed),
                 }
@@ -355,16 +638,16 @@ impl<F: NorFlash> Device<F> {
                 }
                 Err(detail) => {
                     st.trial = None;
-                    st.slot_manifest[trial.slot.index()] = None;
+                    st.slots[trial.slot.index()] = None;
                     st.push_report(ReportKind::RolledBack, trial.release, detail);
                 }
             }
         }
         for slot in [st.active, st.active.other()] {
-            if st.slot_manifest[slot.index()].is_none() {
+            if st.slots[slot.index()].is_none() {
                 continue;
             }
-            if let Ok(manifest) = self.verify_slot(trust, &st, slot)? {
+            if let Ok(manifest) = self.verify_slot(&st, slot)? {
                 st.active = slot;
                 st.booted = slot;
                 st.confirmed = true;
@@ -386,34 +669,30 @@ impl<F: NorFlash> Device<F> {
     /// an image that does not verify is `Ok(Err(..))`.
     fn verify_slot(
         &mut self,
-        trust: &VerifiedTrustRoot,
         st: &State,
         slot: Slot,
-    ) -> Result<Result<VerifiedManifest, SlotFault>, Error> {
-        let Some(expected) = st.slot_manifest[slot.index()] else {
+    ) -> Result<Result<Manifest, SlotFault>, Error> {
+        let Some(record) = st.slots[slot.index()] else {
             return Ok(Err(SlotFault::NoManifest));
         };
         let Some(envelope) = read_trailer(&mut self.flash, &self.layout, slot)? else {
             return Ok(Err(SlotFault::NoManifest));
         };
-        let Ok(manifest) = verify_manifest_for_boot(trust, &envelope) else {
-            return Ok(Err(SlotFault::BadManifest));
-        };
-        if manifest.digest != expected {
+        let Ok(manifest) = Manifest::from_recorded(&envelope, record.manifest_digest) else {
             return Ok(Err(SlotFault::WrongManifest));
-        }
-        if manifest.security_version < st.security_floor {
+        };
+        if manifest.security_version() < st.security_floor {
             return Ok(Err(SlotFault::BelowFloor));
         }
-        if manifest.image_len > u64::from(self.layout.image_capacity(slot)) {
+        if manifest.image_len() > u64::from(self.layout.image_capacity(slot)) {
             return Ok(Err(SlotFault::TooLarge));
         }
         let digest = flash::hash(
             &mut self.flash,
             self.layout.slot(slot).offset,
-            manifest.image_len,
+            manifest.image_len(),
         )?;
-        if digest != manifest.image_digest {
+        if digest != manifest.image_digest() {
             return Ok(Err(SlotFault::DigestMismatch));
         }
         Ok(Ok(manifest))
@@ -423,6 +702,7 @@ impl<F: NorFlash> Device<F> {
     pub(crate) fn refresh(&mut self) -> Result<(), Error> {
         if self.stale {
             let (state, log) = state::load(&mut self.flash, &self.layout)?;
+            self.trust = trust::read_copy(&mut self.flash, &self.layout, &state.trust)?;
             self.state = state;
             self.log = log;
             self.stale = false;
@@ -446,6 +726,15 @@ impl<F: NorFlash> Device<F> {
 
     pub(crate) fn release_name(id: &ReleaseId) -> Name {
         Name::new(id)
+    }
+}
+
+/// What the state records for a slot holding `manifest`'s image.
+pub(crate) fn slot_record(manifest: &Manifest) -> SlotRecord {
+    SlotRecord {
+        manifest_digest: manifest.digest(),
+        version: manifest.version(),
+        security_version: manifest.security_version(),
     }
 }
 

@@ -32,6 +32,28 @@ pub enum Error {
     ManifestTooLarge,
     /// `confirm` was called while not running a trial image.
     NotInTrial,
+    /// The stored TrustRoot no longer verifies: the device boots and runs,
+    /// but cannot verify updates until the chain is sent again.
+    TrustRootUnreadable,
+    /// A TrustRoot does not fit the layout's TrustRoot area.
+    TrustRootTooLarge {
+        /// Its encoded length.
+        len: usize,
+        /// The room in one copy.
+        room: usize,
+    },
+    /// The offer was verified under another TrustRoot than the device's
+    /// current one: verify it again.
+    OfferFromAnotherRoot,
+    /// The release's payload encoding is not one this device installs (a
+    /// device that requires encryption offered a signature-only release, or
+    /// one that cannot decrypt offered an encrypted one). Nothing was written.
+    PayloadRefused {
+        /// The release's encoding.
+        offered: aloft_protocol::pb::PayloadEncoding,
+        /// What this device installs.
+        policy: crate::PayloadPolicy,
+    },
 }
 
 impl Error {
@@ -64,8 +86,38 @@ impl fmt::Display for Error {
                 f.write_str("manifest envelope exceeds the slot's manifest area")
             }
             Self::NotInTrial => f.write_str("not running a trial image"),
+            Self::TrustRootUnreadable => f.write_str(
+                "the stored TrustRoot does not verify; updates are refused until the server sends the chain again",
+            ),
+            Self::TrustRootTooLarge { len, room } => write!(
+                f,
+                "TrustRoot of {len} bytes does not fit the layout's TrustRoot area ({room} bytes)"
+            ),
+            Self::OfferFromAnotherRoot => f.write_str(
+                "the offer was verified under another TrustRoot than the device's current one",
+            ),
+            Self::PayloadRefused { offered, policy } => match offered {
+                aloft_protocol::pb::PayloadEncoding::SignatureOnly => write!(
+                    f,
+                    "this device requires encrypted releases ({}) and refuses a signature-only one: publish an encrypted release for its product",
+                    policy.as_str()
+                ),
+                aloft_protocol::pb::PayloadEncoding::Encrypted => write!(
+                    f,
+                    "this device cannot decrypt ({}{}) and refuses an encrypted release: publish a signature-only release for its product",
+                    policy.as_str(),
+                    if cfg!(feature = "decrypt") { "" } else { ", built without decryption" }
+                ),
+            },
         }
     }
 }
 
-impl core::error::Error for Error {}
+impl core::error::Error for Error {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Self::Protocol(e) => Some(e),
+            _ => None,
+        }
+    }
+}

@@ -3,13 +3,17 @@
 
 use alloc::vec::Vec;
 
-use aloft_protocol::envelope::decode_envelope;
-use aloft_protocol::payload::{ChunkDecryptor, PayloadParams};
-use aloft_protocol::trust::{VerifiedManifest, VerifiedUpdate};
-use aloft_protocol::{ContentKey, Digest};
+#[cfg(feature = "decrypt")]
+use aloft_protocol::ContentKey;
+#[cfg(feature = "decrypt")]
+use aloft_protocol::payload::ChunkDecryptor;
+use aloft_protocol::pb::PayloadEncoding;
+use aloft_protocol::prost::Message as _;
+use aloft_protocol::signed_chunks::{ChunkVerifier, PayloadLayout};
+use aloft_protocol::trust::Manifest;
 use embedded_storage::nor_flash::NorFlash;
 
-use crate::device::{Device, write_trailer};
+use crate::device::{AcceptedOffer, Device, slot_record, write_trailer};
 use crate::layout::{MAX_WRITE_SIZE, Slot};
 use crate::state::{Install, ReportDetail, ReportKind, Trial};
 use crate::{Error, flash};
@@ -23,16 +27,56 @@ pub struct ChunkProgress {
     pub complete: bool,
 }
 
-/// An install in progress. Created by [`Device::begin_install`]; feed it the
-/// ciphertext chunks from [`Installer::next_chunk`] on, then
+/// How the installer opens each chunk before any byte of it is written.
+// One installer exists at a time, on the stack: the AES key schedule's size
+// costs nothing, and boxing it would allocate.
+#[allow(clippy::large_enum_variant)]
+enum ChunkOpener {
+    /// AES-256-GCM, in place (an encrypted release).
+    #[cfg(feature = "decrypt")]
+    Decrypt(ChunkDecryptor),
+    /// A Merkle proof to the manifest's root (a signature-only release).
+    Verify(ChunkVerifier),
+}
+
+impl ChunkOpener {
+    fn next_index(&self) -> u32 {
+        match self {
+            #[cfg(feature = "decrypt")]
+            Self::Decrypt(d) => d.next_index(),
+            Self::Verify(v) => v.next_index(),
+        }
+    }
+
+    fn is_finished(&self) -> bool {
+        match self {
+            #[cfg(feature = "decrypt")]
+            Self::Decrypt(d) => d.is_finished(),
+            Self::Verify(v) => v.is_finished(),
+        }
+    }
+
+    /// The chunk's authenticated plaintext, a prefix of `chunk`.
+    fn open<'c>(&mut self, chunk: &'c mut [u8]) -> Result<&'c [u8], aloft_protocol::Error> {
+        match self {
+            #[cfg(feature = "decrypt")]
+            Self::Decrypt(d) => d.decrypt_next(chunk),
+            Self::Verify(v) => v.verify_next(chunk),
+        }
+    }
+}
+
+/// An install in progress. Created by [`Device::begin_install`] (an
+/// encrypted release) or [`Device::begin_signature_only_install`]; feed it
+/// the wire chunks from [`Installer::next_chunk`] on, then
 /// [`Installer::finish`]. Dropping it (a lost connection) loses nothing
-/// durable: a later `begin_install` for the same manifest resumes.
+/// durable: a later begin for the same manifest resumes.
 pub struct Installer<'d, F: NorFlash> {
     dev: &'d mut Device<F>,
-    manifest: VerifiedManifest,
+    manifest: Manifest,
     envelope: Vec<u8>,
-    decryptor: ChunkDecryptor,
-    params: PayloadParams,
+    chunks: ChunkOpener,
+    chunk_size: u32,
     slot: Slot,
     /// Next byte offset in the slot that this session writes.
     pos: u32,
@@ -52,7 +96,7 @@ pub struct Installer<'d, F: NorFlash> {
 impl<F: NorFlash> core::fmt::Debug for Installer<'_, F> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Installer")
-            .field("release", &self.manifest.release_id)
+            .field("release", self.manifest.release_id())
             .field("slot", &self.slot)
             .field("pos", &self.pos)
             .finish_non_exhaustive()
@@ -60,95 +104,158 @@ impl<F: NorFlash> core::fmt::Debug for Installer<'_, F> {
 }
 
 impl<F: NorFlash> Device<F> {
-    /// Starts (or resumes) installing `update` into the inactive slot.
+    /// Starts (or resumes) installing an encrypted offer this device
+    /// verified ([`Device::verify_offer`]) into the inactive slot, with `key`
+    /// the unwrapped content key. A signature-only offer is refused here
+    /// (use [`Device::begin_signature_only_install`]).
     ///
-    /// `manifest_envelope` is the encoded signed manifest envelope (stored
-    /// with the image so the bootloader can re-verify it); `key` the
-    /// unwrapped content key. Refuses: a manifest envelope that is not the
-    /// one `update` verified; another product or hardware revision; a
-    /// security version below the floor; an image larger than the slot; a
-    /// pending trial; an install of another release in progress. Resumes
-    /// from the last durable chunk when the same manifest is in progress.
-    /// Raises the attested-time floor to the directive's server time.
+    /// See [`Device::begin_signature_only_install`] for what both re-check.
+    #[cfg(feature = "decrypt")]
     pub fn begin_install(
         &mut self,
-        update: &VerifiedUpdate,
-        manifest_envelope: &[u8],
+        offer: &AcceptedOffer,
         key: &ContentKey,
+    ) -> Result<Installer<'_, F>, Error> {
+        let layout = offer.update.manifest().payload_layout();
+        let PayloadLayout::Encrypted(params) = layout else {
+            return Err(aloft_protocol::Error::InvalidField(
+                "content key (given for a signature-only release)",
+            )
+            .into());
+        };
+        self.begin(offer, |first| {
+            Ok(ChunkOpener::Decrypt(ChunkDecryptor::new(
+                key, params, first,
+            )?))
+        })
+    }
+
+    /// Starts (or resumes) installing a signature-only offer this device
+    /// verified ([`Device::verify_offer`]) into the inactive slot: each
+    /// chunk's Merkle proof is checked against the manifest's root before
+    /// any byte of it is written. An encrypted offer is refused here.
+    ///
+    /// Every field it acts on comes from the verified manifest, and it
+    /// re-checks them against the device's state now: the offer was
+    /// verified under the current TrustRoot, for this product and
+    /// hardware, at or above the security floor, newer than the last
+    /// confirmed image, and fits the slot and its manifest area. Refuses a
+    /// pending trial and an install of another release in progress;
+    /// resumes from the last durable chunk when the same manifest is in
+    /// progress. Moves the attested time as far as the offer's
+    /// [`crate::TimePolicy`] bound allows, and remembers how far the
+    /// server's clock was beyond it.
+    pub fn begin_signature_only_install(
+        &mut self,
+        offer: &AcceptedOffer,
+    ) -> Result<Installer<'_, F>, Error> {
+        let layout = offer.update.manifest().payload_layout();
+        let PayloadLayout::SignatureOnly(params) = layout else {
+            return Err(aloft_protocol::Error::InvalidField(
+                "content key (missing for an encrypted release)",
+            )
+            .into());
+        };
+        self.begin(offer, |first| {
+            Ok(ChunkOpener::Verify(ChunkVerifier::new(params, first)?))
+        })
+    }
+
+    /// The checks and state change both installs share; `opener` makes the
+    /// chunk opener from the first chunk to write.
+    fn begin(
+        &mut self,
+        offer: &AcceptedOffer,
+        opener: impl FnOnce(u32) -> Result<ChunkOpener, aloft_protocol::Error>,
     ) -> Result<Installer<'_, F>, Error> {
         use aloft_protocol::Error as P;
         self.refresh()?;
-        let m = &update.manifest;
-        let envelope = decode_envelope(manifest_envelope)?;
-        if Digest::of(&envelope.payload) != m.digest || update.directive.manifest_digest != m.digest
-        {
+        if self.trust_root()?.digest() != offer.update.root_digest() {
+            return Err(Error::OfferFromAnotherRoot);
+        }
+        let m = offer.update.manifest();
+        let encoding: PayloadEncoding = m.payload_encoding();
+        self.check_payload(encoding)?;
+        if offer.update.directive().manifest_digest() != m.digest() {
             return Err(P::ManifestMismatch.into());
         }
-        if m.product != self.config.product {
+        if m.product() != self.config.product {
             return Err(P::WrongProduct.into());
         }
-        if !m.hardware.contains(&self.config.hardware) {
+        if !m.hardware().contains(&self.config.hardware) {
             return Err(P::IncompatibleHardware.into());
         }
-        if m.security_version < self.state.security_floor {
+        if m.security_version() < self.state.security_floor {
             return Err(P::SecurityVersionBelowFloor {
                 floor: self.state.security_floor,
-                offered: m.security_version,
+                offered: m.security_version(),
+            }
+            .into());
+        }
+        let current = self.active_version().ok_or(Error::NoBootableSlot)?;
+        if m.version() <= current {
+            return Err(P::NotNewer {
+                current,
+                offered: m.version(),
             }
             .into());
         }
         let slot = self.inactive_slot();
         let capacity = self.layout.image_capacity(slot);
-        if m.image_len > u64::from(capacity) {
+        if m.image_len() > u64::from(capacity) {
             return Err(P::ImageTooLarge {
-                image_len: m.image_len,
+                image_len: m.image_len(),
                 capacity: capacity.into(),
             }
             .into());
         }
+        let manifest_envelope = m.envelope().encode_to_vec();
         if manifest_envelope.len() + 4 > self.layout.trailer_len(slot) as usize {
             return Err(Error::ManifestTooLarge);
         }
         if self.state.trial.is_some() {
             return Err(Error::TrialPending);
         }
-        let params = m.payload_params();
+        let chunk_size = m.chunk_size();
+        let image_len = m.image_len();
         let sector = self.layout.slot(slot).sector_size;
         let mut st = self.state;
-        st.time_floor = st.time_floor.max(update.directive.server_time);
+        st.time_floor = st.time_floor.max(offer.attested);
+        st.server_ahead = offer.server_ahead;
         let resume_from = match st.install {
-            Some(i) if i.manifest_digest == m.digest && i.slot == slot => {
+            Some(i) if i.manifest_digest == m.digest() && i.slot == slot => {
                 // All bytes below next_chunk's offset are durable; the sector
                 // holding that offset may be half written: restart there.
-                let durable = u64::from(i.next_chunk) * u64::from(params.chunk_size);
-                let durable = durable.min(m.image_len) as u32;
+                let durable = u64::from(i.next_chunk) * u64::from(chunk_size);
+                let durable = durable.min(image_len) as u32;
                 durable / sector * sector
             }
             Some(_) => return Err(Error::InstallInProgress),
             None => {
                 st.install = Some(Install {
                     slot,
-                    release: Device::<F>::release_name(&m.release_id),
-                    manifest_digest: m.digest,
+                    release: Device::<F>::release_name(m.release_id()),
+                    manifest_digest: m.digest(),
                     next_chunk: 0,
                 });
                 // The slot is about to be overwritten: nothing bootable there.
-                st.slot_manifest[slot.index()] = None;
+                st.slots[slot.index()] = None;
                 0
             }
         };
         if st != self.state {
             self.commit(st)?;
         }
-        let first = resume_from / params.chunk_size;
-        let decryptor = ChunkDecryptor::new(key, params, first)?;
+        let first = resume_from / chunk_size;
+        let chunks = opener(first)?;
+        let manifest = m.manifest().clone();
         let offset = self.layout.slot(slot).offset;
         let progress_every = self.progress_interval(slot);
         Ok(Installer {
-            manifest: m.clone(),
-            envelope: manifest_envelope.to_vec(),
-            decryptor,
-            params,
+            manifest,
+            envelope: manifest_envelope,
+            chunks,
+            chunk_size,
             slot,
             pos: offset + resume_from,
             floor: offset + resume_from,
@@ -177,7 +284,7 @@ impl<F: NorFlash> Device<F> {
 impl<F: NorFlash> Installer<'_, F> {
     /// Index of the chunk to send next (the resume point after `begin`).
     pub fn next_chunk(&self) -> u32 {
-        self.decryptor.next_index()
+        self.chunks.next_index()
     }
 
     /// The slot being written.
@@ -185,8 +292,10 @@ impl<F: NorFlash> Installer<'_, F> {
         self.slot
     }
 
-    /// Authenticates and decrypts the next chunk in place in `chunk` (its
-    /// ciphertext then tag), then writes the plaintext to the slot, erasing
+    /// Authenticates the next chunk in place in `chunk` (an encrypted
+    /// release: its ciphertext then tag, decrypted in place; a
+    /// signature-only one: its plaintext then Merkle proof), then writes the
+    /// plaintext to the slot, erasing
     /// sectors just ahead of the data. Nothing of a chunk that fails
     /// authentication reaches flash; a chunk past the manifest's length is
     /// refused ([`aloft_protocol::Error::PayloadTooLong`]). Progress is
@@ -194,28 +303,28 @@ impl<F: NorFlash> Installer<'_, F> {
     /// progress interval ([`Device::set_progress_interval`]).
     /// Allocates nothing.
     pub fn write_chunk(&mut self, chunk: &mut [u8]) -> Result<ChunkProgress, Error> {
-        if self.decryptor.is_finished() {
+        if self.chunks.is_finished() {
             return Err(aloft_protocol::Error::PayloadTooLong.into());
         }
-        let index = self.decryptor.next_index();
-        let start = u64::from(index) * u64::from(self.params.chunk_size);
-        let plain = self.decryptor.decrypt_next(chunk)?;
+        let index = self.chunks.next_index();
+        let start = u64::from(index) * u64::from(self.chunk_size);
+        let plain = self.chunks.open(chunk)?;
         let end = start + plain.len() as u64;
         let capacity = self.dev.layout.image_capacity(self.slot);
-        if end > self.manifest.image_len || end > u64::from(capacity) {
+        if end > self.manifest.image_len() || end > u64::from(capacity) {
             return Err(aloft_protocol::Error::PayloadTooLong.into());
         }
         let base = self.dev.layout.slot(self.slot).offset;
         let abs_start = base + start as u32;
         let skip = self.floor.saturating_sub(abs_start).min(plain.len() as u32) as usize;
         self.append(&plain[skip..])?;
-        if self.decryptor.is_finished() {
+        if self.chunks.is_finished() {
             self.flush_carry()?;
         }
         self.persist_if_due()?;
         Ok(ChunkProgress {
-            next_chunk: self.decryptor.next_index(),
-            complete: self.decryptor.is_finished(),
+            next_chunk: self.chunks.next_index(),
+            complete: self.chunks.is_finished(),
         })
     }
 
@@ -226,15 +335,15 @@ impl<F: NorFlash> Installer<'_, F> {
     /// slot is not marked, the install is cleared and an "install failed"
     /// report queued.
     pub fn finish(self) -> Result<(), Error> {
-        if !self.decryptor.is_finished() {
+        if !self.chunks.is_finished() {
             return Err(Error::Incomplete);
         }
         let dev = self.dev;
         let part = *dev.layout.slot(self.slot);
         let m = &self.manifest;
-        let digest = flash::hash(&mut dev.flash, part.offset, m.image_len)?;
-        let name = Device::<F>::release_name(&m.release_id);
-        if digest != m.image_digest {
+        let digest = flash::hash(&mut dev.flash, part.offset, m.image_len())?;
+        let name = Device::<F>::release_name(m.release_id());
+        if digest != m.image_digest() {
             let mut st = dev.state;
             st.install = None;
             st.push_report(
@@ -257,11 +366,10 @@ impl<F: NorFlash> Installer<'_, F> {
         }
         let mut st = dev.state;
         st.install = None;
-        st.slot_manifest[self.slot.index()] = Some(m.digest);
+        st.slots[self.slot.index()] = Some(slot_record(m));
         st.trial = Some(Trial {
             slot: self.slot,
             attempts_left: dev.config.trial_attempts.max(1),
-            security_version: m.security_version,
             release: name,
         });
         st.push_report(ReportKind::Installed, name, ReportDetail::None);
@@ -343,10 +451,10 @@ impl<F: NorFlash> Installer<'_, F> {
     fn persist_if_due(&mut self) -> Result<(), Error> {
         let durable = self.pos - self.dev.layout.slot(self.slot).offset;
         let every = self.progress_every;
-        if durable / every <= self.persisted / every || self.decryptor.is_finished() {
+        if durable / every <= self.persisted / every || self.chunks.is_finished() {
             return Ok(());
         }
-        let next_chunk = durable / self.params.chunk_size;
+        let next_chunk = durable / self.chunk_size;
         let mut st = self.dev.state;
         let Some(install) = st.install.as_mut() else {
             return Ok(());

@@ -10,6 +10,11 @@ use crate::state::record_len;
 /// whole sectors.
 pub const DEFAULT_MANIFEST_AREA: u32 = 4096;
 
+/// Bytes reserved by default in the state partition for each of the two
+/// TrustRoot copies (a 4-byte length, then the envelope); rounded up to whole
+/// sectors.
+pub const DEFAULT_TRUST_AREA: u32 = 4096;
+
 /// Largest write granularity the device core supports.
 pub const MAX_WRITE_SIZE: usize = 32;
 
@@ -84,10 +89,12 @@ impl Partition {
 ///
 /// Each slot holds the image from its start and, in its last
 /// [`Layout::trailer_len`] bytes, the signed manifest envelope that lets the
-/// bootloader re-verify the image at every boot.
+/// bootloader re-verify the image at every boot. The state partition ends
+/// with two TrustRoot copies of [`Layout::trust_len`] bytes each; the rest
+/// is the two halves of the state log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Layout {
-    /// The power-safe state log (split into two halves, see [`crate::state`]).
+    /// The power-safe state log and the TrustRoot copies (see [`crate::state`]).
     pub state: Partition,
     /// Slot A.
     pub slot_a: Partition,
@@ -95,6 +102,41 @@ pub struct Layout {
     pub slot_b: Partition,
     /// Bytes reserved for the manifest at the end of each slot.
     pub manifest_area: u32,
+    /// Bytes reserved for each of the two TrustRoot copies at the end of
+    /// the state partition.
+    pub trust_area: u32,
+}
+
+/// The flash's real erase sectors. `embedded-storage` describes a flash by
+/// one `ERASE_SIZE`; parts with regions of larger sectors (and drivers that
+/// report the smallest) need this to show what an erase really covers, so
+/// [`Layout::check_geometry`] can refuse a partition whose declared sectors
+/// split a physical one.
+pub trait EraseSectors {
+    /// The physical erase sector holding `offset`: its start and size, or
+    /// `None` past the end.
+    fn sector_at(&self, offset: u32) -> Option<(u32, u32)>;
+}
+
+impl<T: EraseSectors + ?Sized> EraseSectors for &T {
+    fn sector_at(&self, offset: u32) -> Option<(u32, u32)> {
+        (**self).sector_at(offset)
+    }
+}
+
+impl<T: EraseSectors + ?Sized> EraseSectors for &mut T {
+    fn sector_at(&self, offset: u32) -> Option<(u32, u32)> {
+        (**self).sector_at(offset)
+    }
+}
+
+/// [`EraseSectors::sector_at`] for a flash of uniform `ERASE_SIZE` sectors.
+pub fn uniform_sector_at(erase_size: usize, capacity: usize, offset: u32) -> Option<(u32, u32)> {
+    let size = erase_size as u32;
+    if size == 0 || offset as usize >= capacity {
+        return None;
+    }
+    Some((offset / size * size, size))
 }
 
 impl Layout {
@@ -122,9 +164,20 @@ impl Layout {
         self.slot(slot).end() - self.trailer_len(slot)
     }
 
-    /// Bytes in each half ("bank") of the state partition.
+    /// Bytes of each TrustRoot copy (whole state sectors).
+    pub const fn trust_len(&self) -> u32 {
+        let sector = self.state.sector_size;
+        self.trust_area.div_ceil(sector) * sector
+    }
+
+    /// Offset of TrustRoot copy `copy` (0 or 1).
+    pub(crate) const fn trust_offset(&self, copy: u8) -> u32 {
+        self.state.end() - (2 - copy as u32) * self.trust_len()
+    }
+
+    /// Bytes in each half ("bank") of the state log.
     pub(crate) const fn bank_size(&self) -> u32 {
-        self.state.size / 2
+        self.state.size.saturating_sub(2 * self.trust_len()) / 2
     }
 
     /// Checks the layout against flash `F` of `capacity` bytes: alignment to
@@ -166,10 +219,21 @@ impl Layout {
         {
             return Err(Error::InvalidLayout("partitions overlap"));
         }
-        let bank = self.bank_size();
-        if !bank.is_multiple_of(self.state.sector_size) || bank == 0 {
+        if self.trust_area < 512 {
+            return Err(Error::InvalidLayout("trust area below 512 bytes"));
+        }
+        if 2 * u64::from(self.trust_len()) >= u64::from(self.state.size) {
             return Err(Error::InvalidLayout(
-                "state partition must be two halves of whole sectors",
+                "state partition has no room for its log beside two TrustRoot copies",
+            ));
+        }
+        let bank = self.bank_size();
+        if !bank.is_multiple_of(self.state.sector_size)
+            || bank == 0
+            || 2 * bank + 2 * self.trust_len() != self.state.size
+        {
+            return Err(Error::InvalidLayout(
+                "state log must be two halves of whole sectors",
             ));
         }
         if (bank as usize) < 2 * record_len::<F>() {
@@ -183,6 +247,34 @@ impl Layout {
         for slot in [Slot::A, Slot::B] {
             if self.trailer_len(slot) >= self.slot(slot).size {
                 return Err(Error::InvalidLayout("slot has no room for an image"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks every declared sector of every partition against the flash's
+    /// real erase sectors: each must start and end on a physical sector
+    /// boundary, so an erase of one declared sector never touches another
+    /// (a state bank declared with 4 KiB sectors inside one 8 KiB physical
+    /// sector would erase the other bank's newest record).
+    pub fn check_geometry(&self, flash: &impl EraseSectors) -> Result<(), Error> {
+        let starts_sector = |at: u32| flash.sector_at(at).is_some_and(|(start, _)| start == at);
+        for p in [&self.state, &self.slot_a, &self.slot_b] {
+            let mut at = p.offset;
+            while at < p.end() {
+                if !starts_sector(at) {
+                    return Err(Error::InvalidLayout(
+                        "a declared sector does not start on a physical erase sector of the flash",
+                    ));
+                }
+                at += p.sector_size;
+            }
+            // The partition's end is a boundary too: the flash's end, or the
+            // start of the next physical sector.
+            if flash.sector_at(p.end()).is_some() && !starts_sector(p.end()) {
+                return Err(Error::InvalidLayout(
+                    "a partition ends inside a physical erase sector of the flash",
+                ));
             }
         }
         Ok(())

@@ -226,6 +226,17 @@ impl<const W: usize, const E: usize> SimFlash<W, E> {
     }
 }
 
+impl<const W: usize, const E: usize> crate::layout::EraseSectors for SimFlash<W, E> {
+    fn sector_at(&self, offset: u32) -> Option<(u32, u32)> {
+        let i = match self.bounds.binary_search(&offset) {
+            Ok(i) => i,
+            Err(i) => i.checked_sub(1)?,
+        };
+        let (start, end) = (*self.bounds.get(i)?, *self.bounds.get(i + 1)?);
+        Some((start, end - start))
+    }
+}
+
 impl<const W: usize, const E: usize> ErrorType for SimFlash<W, E> {
     type Error = SimError;
 }

@@ -13,7 +13,7 @@
 //! numbers).
 
 use aloft_protocol::pb;
-use aloft_protocol::{Digest, ReleaseId, SecurityVersion, UnixTime};
+use aloft_protocol::{Digest, ReleaseId, SecurityVersion, UnixTime, Version};
 use embedded_storage::nor_flash::NorFlash;
 
 use crate::crc::crc32;
@@ -24,15 +24,31 @@ use crate::{Error, flash};
 pub const MAX_REPORTS: usize = 4;
 /// Longest release id stored (as [`aloft_protocol::types::MAX_ID_LEN`]).
 const MAX_NAME: usize = 64;
-const MAGIC: u32 = 0xA10F_0001;
+/// Record format 2: slot records with versions, the TrustRoot reference and
+/// the server-clock disagreement.
+const MAGIC: u32 = 0xA10F_0002;
 
 const NAME_LEN: usize = 1 + MAX_NAME;
-const TRIAL_LEN: usize = 1 + 1 + 1 + 4 + NAME_LEN;
+const TRIAL_LEN: usize = 1 + 1 + 1 + NAME_LEN;
+const SLOT_LEN: usize = 1 + 32 + 12 + 4;
+const TRUST_LEN: usize = 1 + 4 + 4 + 32 + 8;
 const INSTALL_LEN: usize = 1 + 1 + NAME_LEN + 32 + 4;
 const REPORT_LEN: usize = 1 + 4 + 1 + 1 + NAME_LEN;
 /// Encoded record length before padding, CRC included.
-pub(crate) const RAW_LEN: usize =
-    4 + 4 + 3 + TRIAL_LEN + 4 + 8 + 4 + 4 + 2 * 33 + INSTALL_LEN + MAX_REPORTS * REPORT_LEN + 4;
+pub(crate) const RAW_LEN: usize = 4
+    + 4
+    + 3
+    + TRIAL_LEN
+    + 4
+    + 8
+    + 8
+    + 4
+    + 4
+    + 2 * SLOT_LEN
+    + TRUST_LEN
+    + INSTALL_LEN
+    + MAX_REPORTS * REPORT_LEN
+    + 4;
 const RECORD_MAX: usize = RAW_LEN + MAX_WRITE_SIZE;
 
 /// On-flash length of one record for flash `F` (padded to its write size).
@@ -73,8 +89,30 @@ impl Name {
 pub(crate) struct Trial {
     pub slot: Slot,
     pub attempts_left: u8,
-    pub security_version: SecurityVersion,
     pub release: Name,
+}
+
+/// What a slot holds, recorded when its image was verified (at install or
+/// provisioning): the manifest digest it must match to boot, and the
+/// version and security version that manifest names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SlotRecord {
+    pub manifest_digest: Digest,
+    pub version: Version,
+    pub security_version: SecurityVersion,
+}
+
+/// Which TrustRoot copy is current, and what it must hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TrustRef {
+    /// Copy 0 or 1 of the state partition's TrustRoot area.
+    pub copy: u8,
+    pub version: u32,
+    /// Encoded envelope length in the copy.
+    pub len: u32,
+    /// The root's payload digest (`VerifiedTrustRoot::digest`).
+    pub digest: Digest,
+    pub expires_at: UnixTime,
 }
 
 /// An install in progress, for resume.
@@ -241,27 +279,33 @@ pub(crate) struct State {
     pub trial: Option<Trial>,
     pub security_floor: SecurityVersion,
     pub time_floor: UnixTime,
+    /// How far ahead of the accepted attested time the last directive's
+    /// server time was (0: they agreed).
+    pub server_ahead: u64,
     pub boot_count: u32,
     pub next_report_id: u32,
-    /// Manifest digest each slot must hold to be bootable (None: nothing
-    /// bootable there).
-    pub slot_manifest: [Option<Digest>; 2],
+    /// What each slot holds (None: nothing bootable there).
+    pub slots: [Option<SlotRecord>; 2],
+    /// The current TrustRoot.
+    pub trust: TrustRef,
     pub install: Option<Install>,
     pub reports: [Option<StoredReport>; MAX_REPORTS],
 }
 
 impl State {
-    pub(crate) fn factory(manifest_digest: Digest, floor: SecurityVersion) -> Self {
+    pub(crate) fn factory(slot_a: SlotRecord, trust: TrustRef) -> Self {
         Self {
             active: Slot::A,
             booted: Slot::A,
             confirmed: true,
             trial: None,
-            security_floor: floor,
+            security_floor: slot_a.security_version,
             time_floor: UnixTime(0),
+            server_ahead: 0,
             boot_count: 0,
             next_report_id: 1,
-            slot_manifest: [Some(manifest_digest), None],
+            slots: [Some(slot_a), None],
+            trust,
             install: None,
             reports: [None; MAX_REPORTS],
         }
@@ -303,24 +347,33 @@ impl State {
                 w.u8(1);
                 w.u8(t.slot.index() as u8);
                 w.u8(t.attempts_left);
-                w.u32(t.security_version.0);
                 w.name(&t.release);
             }
             None => w.zeros(TRIAL_LEN),
         }
         w.u32(self.security_floor.0);
         w.u64(self.time_floor.0);
+        w.u64(self.server_ahead);
         w.u32(self.boot_count);
         w.u32(self.next_report_id);
-        for d in &self.slot_manifest {
-            match d {
-                Some(d) => {
+        for slot in &self.slots {
+            match slot {
+                Some(r) => {
                     w.u8(1);
-                    w.bytes(d.as_bytes());
+                    w.bytes(r.manifest_digest.as_bytes());
+                    w.u32(r.version.major);
+                    w.u32(r.version.minor);
+                    w.u32(r.version.patch);
+                    w.u32(r.security_version.0);
                 }
-                None => w.zeros(33),
+                None => w.zeros(SLOT_LEN),
             }
         }
+        w.u8(self.trust.copy);
+        w.u32(self.trust.version);
+        w.u32(self.trust.len);
+        w.bytes(self.trust.digest.as_bytes());
+        w.u64(self.trust.expires_at.0);
         match &self.install {
             Some(i) => {
                 w.u8(1);
@@ -368,7 +421,6 @@ impl State {
             Some(Trial {
                 slot: Slot::from_index(r.u8()?)?,
                 attempts_left: r.u8()?,
-                security_version: SecurityVersion(r.u32()?),
                 release: r.name()?,
             })
         } else {
@@ -377,14 +429,32 @@ impl State {
         };
         let security_floor = SecurityVersion(r.u32()?);
         let time_floor = UnixTime(r.u64()?);
+        let server_ahead = r.u64()?;
         let boot_count = r.u32()?;
         let next_report_id = r.u32()?;
-        let mut slot_manifest = [None; 2];
-        for d in &mut slot_manifest {
-            let present = r.flag()?;
-            let bytes = r.digest()?;
-            *d = present.then_some(bytes);
+        let mut slots = [None; 2];
+        for slot in &mut slots {
+            *slot = if r.flag()? {
+                Some(SlotRecord {
+                    manifest_digest: r.digest()?,
+                    version: Version::new(r.u32()?, r.u32()?, r.u32()?),
+                    security_version: SecurityVersion(r.u32()?),
+                })
+            } else {
+                r.skip(SLOT_LEN - 1);
+                None
+            };
         }
+        let trust = TrustRef {
+            copy: match r.u8()? {
+                c @ (0 | 1) => c,
+                _ => return None,
+            },
+            version: r.u32()?,
+            len: r.u32()?,
+            digest: r.digest()?,
+            expires_at: UnixTime(r.u64()?),
+        };
         let install = if r.flag()? {
             Some(Install {
                 slot: Slot::from_index(r.u8()?)?,
@@ -417,9 +487,11 @@ impl State {
             trial,
             security_floor,
             time_floor,
+            server_ahead,
             boot_count,
             next_report_id,
-            slot_manifest,
+            slots,
+            trust,
             install,
             reports,
         };
@@ -580,14 +652,18 @@ pub(crate) fn append<F: NorFlash>(
     Ok(())
 }
 
-/// Erases the whole state partition and writes `state` as its first record.
+/// Erases both halves of the state log (not the TrustRoot copies) and writes
+/// `state` as its first record.
 pub(crate) fn format<F: NorFlash>(
     flash: &mut F,
     layout: &Layout,
     state: &State,
 ) -> Result<LogPos, Error> {
     flash
-        .erase(layout.state.offset, layout.state.end())
+        .erase(
+            layout.state.offset,
+            layout.state.offset + 2 * layout.bank_size(),
+        )
         .map_err(Error::flash)?;
     let mut pos = LogPos {
         bank: 0,
@@ -603,14 +679,31 @@ mod tests {
     use super::*;
 
     fn sample() -> State {
-        let mut s = State::factory(Digest::from_bytes([7; 32]), SecurityVersion(3));
+        let slot_a = SlotRecord {
+            manifest_digest: Digest::from_bytes([7; 32]),
+            version: Version::new(1, 2, 3),
+            security_version: SecurityVersion(3),
+        };
+        let trust = TrustRef {
+            copy: 1,
+            version: 4,
+            len: 321,
+            digest: Digest::from_bytes([5; 32]),
+            expires_at: UnixTime(1_800_000_000),
+        };
+        let mut s = State::factory(slot_a, trust);
         let name = Name::new(&ReleaseId::new("fw-1.2.3").unwrap());
         s.trial = Some(Trial {
             slot: Slot::B,
             attempts_left: 2,
-            security_version: SecurityVersion(4),
             release: name,
         });
+        s.slots[1] = Some(SlotRecord {
+            manifest_digest: Digest::from_bytes([8; 32]),
+            version: Version::new(1, 3, 0),
+            security_version: SecurityVersion(4),
+        });
+        s.server_ahead = 77;
         s.install = Some(Install {
             slot: Slot::B,
             release: name,
@@ -649,5 +742,96 @@ mod tests {
         let mut ids: [u32; MAX_REPORTS] = core::array::from_fn(|i| s.reports[i].unwrap().id);
         ids.sort_unstable();
         assert_eq!(ids, [4, 5, 6, 7]);
+    }
+}
+
+/// The state record's reference vector: `tests/vectors/state-record.bin` is
+/// [`State::encode`] of a fully populated state (every optional part
+/// present, a report of each kind) with sequence number 7, before padding.
+/// Regenerate only after a deliberate format change (a new `MAGIC`):
+/// `ALOFT_WRITE_VECTORS=1 cargo test -p aloft-device --lib state::vectors`.
+#[cfg(test)]
+mod vectors {
+    extern crate std;
+
+    use super::*;
+
+    const VECTOR: &[u8] = include_bytes!("../tests/vectors/state-record.bin");
+
+    fn populated() -> State {
+        let name = |s: &str| Name::new(&ReleaseId::new(s).unwrap());
+        let slot = |d: u8, v: (u32, u32, u32), sv: u32| SlotRecord {
+            manifest_digest: Digest::from_bytes([d; 32]),
+            version: Version::new(v.0, v.1, v.2),
+            security_version: SecurityVersion(sv),
+        };
+        let trust = TrustRef {
+            copy: 1,
+            version: 3,
+            len: 0x0123,
+            digest: Digest::from_bytes([0xD3; 32]),
+            expires_at: UnixTime(0x0102_0304_0506_0708),
+        };
+        let mut s = State::factory(slot(0xA1, (1, 2, 3), 2), trust);
+        s.active = Slot::A;
+        s.booted = Slot::B;
+        s.confirmed = false;
+        s.trial = Some(Trial {
+            slot: Slot::B,
+            attempts_left: 2,
+            release: name("sensor-1.3.0"),
+        });
+        s.slots[1] = Some(slot(0xB2, (1, 3, 0), 3));
+        s.security_floor = SecurityVersion(2);
+        s.time_floor = UnixTime(1_700_000_000);
+        s.server_ahead = 600;
+        s.boot_count = 41;
+        s.install = Some(Install {
+            slot: Slot::B,
+            release: name("sensor-1.3.0"),
+            manifest_digest: Digest::from_bytes([0xB2; 32]),
+            next_chunk: 0x0a0b,
+        });
+        s.next_report_id = 100;
+        for (kind, detail, release) in [
+            (ReportKind::Installed, ReportDetail::None, "sensor-1.3.0"),
+            (ReportKind::Confirmed, ReportDetail::None, "sensor-1.2.3"),
+            (
+                ReportKind::RolledBack,
+                ReportDetail::AttemptsExhausted,
+                "sensor-1.2.4",
+            ),
+            (ReportKind::InstallFailed, ReportDetail::DigestMismatch, "x"),
+        ] {
+            s.push_report(kind, name(release), detail);
+        }
+        s
+    }
+
+    #[test]
+    fn state_record_matches_its_vector_byte_for_byte() {
+        let state = populated();
+        let mut buf = [0xFF; RECORD_MAX];
+        state.encode(7, &mut buf);
+        let encoded = &buf[..RAW_LEN];
+        if std::env::var_os("ALOFT_WRITE_VECTORS").is_some_and(|v| v == "1") {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/vectors/state-record.bin");
+            std::fs::write(path, encoded).unwrap();
+            return;
+        }
+        assert_eq!(VECTOR.len(), RAW_LEN, "the record length changed");
+        assert!(
+            encoded == VECTOR,
+            "the state record encoding changed; if deliberate, bump MAGIC, regenerate with \
+             ALOFT_WRITE_VECTORS=1 and say why in the commit"
+        );
+        assert_eq!(State::decode(VECTOR), Some((7, state)));
+        // The magic leads, the CRC-32 of the rest closes the record.
+        assert_eq!(VECTOR[..4], MAGIC.to_le_bytes());
+        assert_eq!(
+            VECTOR[RAW_LEN - 4..],
+            crc32(&VECTOR[..RAW_LEN - 4]).to_le_bytes()
+        );
     }
 }

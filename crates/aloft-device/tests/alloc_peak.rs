@@ -53,9 +53,7 @@ fn full_install_peak_heap_and_no_allocation_per_chunk() {
     let chunks: Vec<Vec<u8>> = (0..new.chunks()).map(|i| new.chunk(i)).collect();
 
     let base = reset();
-    let mut inst = dev
-        .begin_install(&new.update, &new.envelope, &new.key)
-        .unwrap();
+    let mut inst = begin(&mut dev, &new).unwrap();
     let mut per_chunk_allocs = 0;
     for c in &chunks {
         buf[..c.len()].copy_from_slice(c);
@@ -76,7 +74,7 @@ fn full_install_peak_heap_and_no_allocation_per_chunk() {
 
     // The boot decision (manifest decode and verification) is bounded too.
     let base = reset();
-    dev.boot(&fx.trust).unwrap();
+    dev.boot().unwrap();
     println!(
         "peak heap of a boot decision: {} bytes",
         PEAK.load(Ordering::SeqCst) - base

@@ -4,9 +4,9 @@
 mod common;
 
 use aloft_device::sim::SimFlash;
-use aloft_device::{Device, Error, Layout, Partition, ReportDetail, ReportKind, Slot};
+use aloft_device::{Clock, Device, Error, Layout, Partition, ReportDetail, ReportKind, Slot};
 use aloft_protocol::Error as P;
-use aloft_protocol::SecurityVersion;
+use aloft_protocol::{SecurityVersion, UnixTime};
 use common::*;
 
 fn setup() -> (Fixture, Release, Release, Device<Sim>) {
@@ -32,13 +32,13 @@ fn reopen(f: Sim) -> Device<Sim> {
 
 #[test]
 fn install_trial_confirm_happy_path() {
-    let (fx, old, new, mut dev) = setup();
-    let b = dev.boot(&fx.trust).unwrap();
+    let (_fx, old, new, mut dev) = setup();
+    let b = dev.boot().unwrap();
     assert_eq!((b.slot, b.trial), (Slot::A, false));
-    assert_eq!(b.manifest.release_id, old.manifest.release_id);
+    assert_eq!(b.manifest.release_id(), old.manifest.release_id());
     install(&mut dev, &new).unwrap();
     assert_eq!(dev.trial(), Some((Slot::B, 3)));
-    let b = dev.boot(&fx.trust).unwrap();
+    let b = dev.boot().unwrap();
     assert_eq!((b.slot, b.trial), (Slot::B, true));
     assert_eq!(
         dev.trial(),
@@ -58,7 +58,7 @@ fn install_trial_confirm_happy_path() {
     let (bytes, f) = slot_bytes(dev, Slot::B, new.image.len());
     assert_eq!(bytes, new.image);
     let mut dev = reopen(f);
-    let b = dev.boot(&fx.trust).unwrap();
+    let b = dev.boot().unwrap();
     assert_eq!((b.slot, b.trial), (Slot::B, false));
 }
 
@@ -67,7 +67,7 @@ fn reports_leave_only_when_acknowledged() {
     let (_fx, _old, new, mut dev) = setup();
     install(&mut dev, &new).unwrap();
     let r = dev.reports().next().unwrap();
-    assert_eq!(r.release_id, new.manifest.release_id);
+    assert_eq!(&r.release_id, new.manifest.release_id());
     let f = dev.into_flash();
     let mut dev = reopen(f);
     assert_eq!(dev.reports().count(), 1, "report survives a reboot");
@@ -83,15 +83,15 @@ fn reports_leave_only_when_acknowledged() {
 
 #[test]
 fn trial_without_confirm_reverts_once_with_one_rollback_report() {
-    let (fx, _old, new, mut dev) = setup();
+    let (_fx, _old, new, mut dev) = setup();
     install(&mut dev, &new).unwrap();
     for left in [2, 1, 0] {
-        let b = dev.boot(&fx.trust).unwrap();
+        let b = dev.boot().unwrap();
         assert_eq!((b.slot, b.trial), (Slot::B, true));
         assert_eq!(dev.trial(), Some((Slot::B, left)));
     }
     for _ in 0..3 {
-        let b = dev.boot(&fx.trust).unwrap();
+        let b = dev.boot().unwrap();
         assert_eq!((b.slot, b.trial), (Slot::A, false));
         let rb: Vec<_> = dev
             .reports()
@@ -99,7 +99,7 @@ fn trial_without_confirm_reverts_once_with_one_rollback_report() {
             .collect();
         assert_eq!(rb.len(), 1);
         assert_eq!(rb[0].detail, ReportDetail::AttemptsExhausted);
-        assert_eq!(rb[0].release_id, new.manifest.release_id);
+        assert_eq!(&rb[0].release_id, new.manifest.release_id());
     }
     assert_eq!(dev.security_floor(), SecurityVersion(1));
     assert_eq!(dev.confirm(), Ok(()), "old image is already confirmed");
@@ -107,8 +107,8 @@ fn trial_without_confirm_reverts_once_with_one_rollback_report() {
 
 #[test]
 fn confirm_outside_a_trial_is_refused_or_a_no_op() {
-    let (fx, _old, new, mut dev) = setup();
-    dev.boot(&fx.trust).unwrap();
+    let (_fx, _old, new, mut dev) = setup();
+    dev.boot().unwrap();
     assert_eq!(dev.confirm(), Ok(()));
     assert_eq!(dev.security_floor(), SecurityVersion(1));
     install(&mut dev, &new).unwrap();
@@ -127,10 +127,10 @@ fn refuses_wrong_hardware_and_product() {
     let hw = fx.release_with("fw-hw", 2, image(1000, 3), |m| {
         m.hardware = vec!["rev-z".into()]
     });
-    let e = dev.begin_install(&hw.update, &hw.envelope, &hw.key).err();
+    let e = begin(&mut dev, &hw).err();
     assert_eq!(e, Some(Error::Protocol(P::IncompatibleHardware)));
     let pr = fx.release_with("fw-pr", 2, image(1000, 3), |m| m.product = "other".into());
-    let e = dev.begin_install(&pr.update, &pr.envelope, &pr.key).err();
+    let e = begin(&mut dev, &pr).err();
     assert_eq!(e, Some(Error::Protocol(P::WrongProduct)));
     assert!(dev.install_progress().is_none());
 }
@@ -141,9 +141,7 @@ fn refuses_security_version_below_floor() {
     let old = fx.release("fw-5", 5, image(1000, 1));
     let mut dev = fx.provision(flash(), &old);
     let down = fx.release("fw-4", 4, image(1000, 2));
-    let e = dev
-        .begin_install(&down.update, &down.envelope, &down.key)
-        .err();
+    let e = begin(&mut dev, &down).err();
     assert!(
         matches!(
             e,
@@ -151,11 +149,8 @@ fn refuses_security_version_below_floor() {
         ),
         "{e:?}"
     );
-    let same = fx.release("fw-5b", 5, image(1000, 2));
-    assert!(
-        dev.begin_install(&same.update, &same.envelope, &same.key)
-            .is_ok()
-    );
+    let same = fx.release_with("fw-5b", 5, image(1000, 2), |m| m.version = "1.5.1".into());
+    assert!(begin(&mut dev, &same).is_ok());
 }
 
 #[test]
@@ -163,9 +158,7 @@ fn refuses_image_larger_than_the_slot() {
     let (fx, _old, _new, mut dev) = setup();
     let cap = layout().image_capacity(Slot::B) as usize;
     let big = fx.release("fw-big", 2, image(cap + 1, 3));
-    let e = dev
-        .begin_install(&big.update, &big.envelope, &big.key)
-        .err();
+    let e = begin(&mut dev, &big).err();
     assert!(
         matches!(e, Some(Error::Protocol(P::ImageTooLarge { .. }))),
         "{e:?}"
@@ -175,12 +168,16 @@ fn refuses_image_larger_than_the_slot() {
 }
 
 #[test]
-fn refuses_a_manifest_envelope_other_than_the_verified_one() {
-    let (fx, _old, new, mut dev) = setup();
+fn refuses_a_manifest_other_than_the_one_the_directive_names() {
+    let (fx, _old, new, dev) = setup();
     let other = fx.release("fw-3", 3, image(500, 9));
-    let e = dev
-        .begin_install(&new.update, &other.envelope, &new.key)
-        .err();
+    let e = accept_parts(
+        &dev,
+        &new.directive,
+        &other.manifest_env,
+        Clock::At(UnixTime(NOW)),
+    )
+    .err();
     assert_eq!(e, Some(Error::Protocol(P::ManifestMismatch)));
 }
 
@@ -189,37 +186,28 @@ fn refuses_a_second_concurrent_install_and_resumes_the_same() {
     let (fx, _old, new, mut dev) = setup();
     let other = fx.release("fw-3", 3, image(500, 9));
     {
-        let mut inst = dev
-            .begin_install(&new.update, &new.envelope, &new.key)
-            .unwrap();
+        let mut inst = begin(&mut dev, &new).unwrap();
         for i in 0..6 {
             let mut c = new.chunk(i);
             inst.write_chunk(&mut c).unwrap();
         }
     } // connection lost
-    let e = dev
-        .begin_install(&other.update, &other.envelope, &other.key)
-        .err();
+    let e = begin(&mut dev, &other).err();
     assert_eq!(e, Some(Error::InstallInProgress));
     let (rel, _, next) = dev.install_progress().unwrap();
-    assert_eq!(rel, new.manifest.release_id);
+    assert_eq!(&rel, new.manifest.release_id());
     assert_eq!(next, 4, "progress persisted at the 1 KiB sector boundary");
-    let inst = dev
-        .begin_install(&new.update, &new.envelope, &new.key)
-        .unwrap();
+    let inst = begin(&mut dev, &new).unwrap();
     assert_eq!(inst.next_chunk(), 4);
     drop(inst);
     install(&mut dev, &new).unwrap();
     dev.abort_install().unwrap();
-    assert!(
-        dev.begin_install(&other.update, &other.envelope, &other.key)
-            .is_err()
-    );
+    assert!(begin(&mut dev, &other).is_err());
 }
 
 #[test]
 fn progress_is_persisted_at_the_configured_interval() {
-    let (fx, _old, new, mut dev) = setup();
+    let (_fx, _old, new, mut dev) = setup();
     // The default for this 5 KiB slot of 1 KiB sectors: one sector.
     assert_eq!(dev.progress_interval(Slot::B), 1024);
     // Rounded up to whole sectors.
@@ -228,9 +216,7 @@ fn progress_is_persisted_at_the_configured_interval() {
     let chunk = new.params.chunk_size as usize;
     assert_eq!(chunk, 256);
     let records = |dev: &Device<Sim>| dev.flash().ops();
-    let mut inst = dev
-        .begin_install(&new.update, &new.envelope, &new.key)
-        .unwrap();
+    let mut inst = begin(&mut dev, &new).unwrap();
     for i in 0..7 {
         inst.write_chunk(&mut new.chunk(i)).unwrap();
     }
@@ -238,9 +224,7 @@ fn progress_is_persisted_at_the_configured_interval() {
     let (_, _, next) = dev.install_progress().unwrap();
     assert_eq!(next, 0, "no record at the 1 KiB sector boundary");
     let before = records(&dev);
-    let mut inst = dev
-        .begin_install(&new.update, &new.envelope, &new.key)
-        .unwrap();
+    let mut inst = begin(&mut dev, &new).unwrap();
     assert_eq!(inst.next_chunk(), 0);
     for i in 0..9 {
         inst.write_chunk(&mut new.chunk(i)).unwrap();
@@ -251,15 +235,13 @@ fn progress_is_persisted_at_the_configured_interval() {
     // 9 chunks: 3 sector erases, 9 writes, 1 record.
     assert_eq!(records(&dev) - before, 3 + 9 + 1);
     // The resume repeats from the durable point and completes the image.
-    let mut inst = dev
-        .begin_install(&new.update, &new.envelope, &new.key)
-        .unwrap();
+    let mut inst = begin(&mut dev, &new).unwrap();
     assert_eq!(inst.next_chunk(), 8);
     for i in 8..new.chunks() {
         inst.write_chunk(&mut new.chunk(i)).unwrap();
     }
     inst.finish().unwrap();
-    let b = dev.boot(&fx.trust).unwrap();
+    let b = dev.boot().unwrap();
     assert_eq!((b.slot, b.trial), (Slot::B, true));
     let (bytes, _) = slot_bytes(dev, Slot::B, new.image.len());
     assert_eq!(bytes, new.image);
@@ -272,12 +254,13 @@ fn default_progress_interval_is_a_sixteenth_of_the_slot_up_to_64_kib() {
     let at = |slot_kib: u32| {
         let slot = slot_kib * 1024;
         let l = Layout {
-            state: Partition::new(0, 4096, 1024),
-            slot_a: Partition::new(4096, slot, 1024),
-            slot_b: Partition::new(4096 + slot, slot, 1024),
+            state: Partition::new(0, 8192, 1024),
+            slot_a: Partition::new(8192, slot, 1024),
+            slot_b: Partition::new(8192 + slot, slot, 1024),
             manifest_area: 1024,
+            trust_area: 1024,
         };
-        let f = Sim::uniform((4 + 2 * slot_kib) as usize);
+        let f = Sim::uniform((8 + 2 * slot_kib) as usize);
         let mut dev =
             Device::provision(f, l, config(), &fx.trust, &old.image, &old.envelope).unwrap();
         let default = dev.progress_interval(Slot::B);
@@ -295,10 +278,7 @@ fn default_progress_interval_is_a_sixteenth_of_the_slot_up_to_64_kib() {
 #[test]
 fn abort_clears_the_install_and_reports() {
     let (_fx, _old, new, mut dev) = setup();
-    drop(
-        dev.begin_install(&new.update, &new.envelope, &new.key)
-            .unwrap(),
-    );
+    drop(begin(&mut dev, &new).unwrap());
     dev.abort_install().unwrap();
     assert!(dev.install_progress().is_none());
     let r = dev.reports().next().unwrap();
@@ -313,9 +293,7 @@ fn refuses_install_while_a_trial_is_pending() {
     let (fx, _old, new, mut dev) = setup();
     install(&mut dev, &new).unwrap();
     let next = fx.release("fw-3", 3, image(500, 9));
-    let e = dev
-        .begin_install(&next.update, &next.envelope, &next.key)
-        .err();
+    let e = begin(&mut dev, &next).err();
     assert_eq!(e, Some(Error::TrialPending));
 }
 
@@ -324,9 +302,7 @@ fn refuses_install_while_a_trial_is_pending() {
 #[test]
 fn tampered_chunk_is_refused_and_nothing_of_it_reaches_flash() {
     let (_fx, _old, new, mut dev) = setup();
-    let mut inst = dev
-        .begin_install(&new.update, &new.envelope, &new.key)
-        .unwrap();
+    let mut inst = begin(&mut dev, &new).unwrap();
     for i in 0..6 {
         let mut c = new.chunk(i);
         inst.write_chunk(&mut c).unwrap();
@@ -334,9 +310,7 @@ fn tampered_chunk_is_refused_and_nothing_of_it_reaches_flash() {
     drop(inst);
     let before = dev.into_flash();
     let mut dev = reopen(before.clone());
-    let mut inst = dev
-        .begin_install(&new.update, &new.envelope, &new.key)
-        .unwrap();
+    let mut inst = begin(&mut dev, &new).unwrap();
     assert_eq!(inst.next_chunk(), 4);
     let mut c = new.chunk(4);
     c[10] ^= 1;
@@ -367,9 +341,7 @@ fn tampered_chunk_is_refused_and_nothing_of_it_reaches_flash() {
 #[test]
 fn endless_data_is_refused_at_the_cap() {
     let (_fx, _old, new, mut dev) = setup();
-    let mut inst = dev
-        .begin_install(&new.update, &new.envelope, &new.key)
-        .unwrap();
+    let mut inst = begin(&mut dev, &new).unwrap();
     let mut p = None;
     for i in 0..new.chunks() {
         let mut c = new.chunk(i);
@@ -402,9 +374,7 @@ fn endless_data_is_refused_at_the_cap() {
 #[test]
 fn finish_before_the_last_chunk_is_refused() {
     let (_fx, _old, new, mut dev) = setup();
-    let mut inst = dev
-        .begin_install(&new.update, &new.envelope, &new.key)
-        .unwrap();
+    let mut inst = begin(&mut dev, &new).unwrap();
     let mut c = new.chunk(0);
     inst.write_chunk(&mut c).unwrap();
     assert_eq!(inst.finish(), Err(Error::Incomplete));
@@ -435,7 +405,7 @@ fn digest_mismatch_at_finish_does_not_mark_the_slot() {
         (r.kind, r.detail),
         (ReportKind::InstallFailed, ReportDetail::DigestMismatch)
     );
-    let b = dev.boot(&fx.trust).unwrap();
+    let b = dev.boot().unwrap();
     assert_eq!(b.slot, Slot::A);
 }
 
@@ -443,7 +413,7 @@ fn digest_mismatch_at_finish_does_not_mark_the_slot() {
 fn never_writes_the_active_slot() {
     let (fx, old, new, mut dev) = setup();
     install(&mut dev, &new).unwrap();
-    dev.boot(&fx.trust).unwrap();
+    dev.boot().unwrap();
     dev.confirm().unwrap();
     // Now B is active; the next install must go to A, leaving B intact.
     let third = fx.release("fw-3", 3, image(1234, 7));
@@ -474,8 +444,8 @@ fn tamper_and_boot(offset_in_slot: impl Fn(&Layout) -> usize) -> (Fixture, Devic
 
 #[test]
 fn image_modified_after_install_stays_on_old_image() {
-    let (fx, mut dev, new) = tamper_and_boot(|_| 777);
-    let b = dev.boot(&fx.trust).unwrap();
+    let (_fx, mut dev, new) = tamper_and_boot(|_| 777);
+    let b = dev.boot().unwrap();
     assert_eq!((b.slot, b.trial), (Slot::A, false));
     let r: Vec<_> = dev
         .reports()
@@ -484,15 +454,15 @@ fn image_modified_after_install_stays_on_old_image() {
     assert_eq!(r.len(), 1);
     assert_eq!(
         (r[0].detail, &r[0].release_id),
-        (ReportDetail::VerificationFailed, &new.manifest.release_id)
+        (ReportDetail::VerificationFailed, new.manifest.release_id())
     );
     assert_eq!(dev.trial(), None);
 }
 
 #[test]
 fn manifest_modified_after_install_stays_on_old_image() {
-    let (fx, mut dev, _new) = tamper_and_boot(|l| (l.image_capacity(Slot::B) + 4 + 20) as usize);
-    let b = dev.boot(&fx.trust).unwrap();
+    let (_fx, mut dev, _new) = tamper_and_boot(|l| (l.image_capacity(Slot::B) + 4 + 20) as usize);
+    let b = dev.boot().unwrap();
     assert_eq!(b.slot, Slot::A);
 }
 
@@ -511,56 +481,52 @@ fn another_validly_signed_release_swapped_into_the_slot_is_refused() {
     f.bytes_mut()[t..t + 4].copy_from_slice(&(other.envelope.len() as u32).to_le_bytes());
     f.bytes_mut()[t + 4..t + 4 + other.envelope.len()].copy_from_slice(&other.envelope);
     let mut dev = reopen(f);
-    let b = dev.boot(&fx.trust).unwrap();
+    let b = dev.boot().unwrap();
     assert_eq!(b.slot, Slot::A);
 }
 
 #[test]
 fn corrupted_active_slot_falls_back_to_the_previous_confirmed_one() {
-    let (fx, _old, new, mut dev) = setup();
+    let (_fx, _old, new, mut dev) = setup();
     install(&mut dev, &new).unwrap();
-    dev.boot(&fx.trust).unwrap();
+    dev.boot().unwrap();
     dev.confirm().unwrap();
     let at = dev.layout().slot(Slot::B).offset as usize + 5;
     let mut f = dev.into_flash();
     f.bytes_mut()[at] ^= 0x80;
     let mut dev = reopen(f);
     // Old image has security version 1 < floor 2: it must not be started.
-    assert_eq!(dev.boot(&fx.trust).err(), Some(Error::NoBootableSlot));
+    assert_eq!(dev.boot().err(), Some(Error::NoBootableSlot));
 }
 
 #[test]
 fn corrupted_active_slot_uses_other_confirmed_image_at_or_above_floor() {
     let fx = Fixture::new();
     let old = fx.release("fw-2a", 2, image(1000, 1));
-    let new = fx.release("fw-2b", 2, image(1100, 2));
+    let new = fx.release_with("fw-2b", 2, image(1100, 2), |m| m.version = "1.2.1".into());
     let mut dev = fx.provision(flash(), &old);
     install(&mut dev, &new).unwrap();
-    dev.boot(&fx.trust).unwrap();
+    dev.boot().unwrap();
     dev.confirm().unwrap();
     let at = dev.layout().slot(Slot::B).offset as usize + 5;
     let mut f = dev.into_flash();
     f.bytes_mut()[at] ^= 0x80;
     let mut dev = reopen(f);
-    let b = dev.boot(&fx.trust).unwrap();
-    assert_eq!((b.slot, b.manifest.release_id.as_str()), (Slot::A, "fw-2a"));
+    let b = dev.boot().unwrap();
+    assert_eq!(
+        (b.slot, b.manifest.release_id().as_str()),
+        (Slot::A, "fw-2a")
+    );
 }
 
 #[test]
 fn neither_slot_verifies_is_a_typed_error() {
-    let (fx, _old, _new, dev) = setup();
+    let (_fx, _old, _new, dev) = setup();
     let at = dev.layout().slot(Slot::A).offset as usize;
     let mut f = dev.into_flash();
     f.bytes_mut()[at] ^= 1;
     let mut dev = reopen(f);
-    assert_eq!(dev.boot(&fx.trust).err(), Some(Error::NoBootableSlot));
-}
-
-#[test]
-fn a_manifest_under_another_trust_root_does_not_boot() {
-    let (_fx, _old, _new, mut dev) = setup();
-    let stranger = Fixture::new();
-    assert_eq!(dev.boot(&stranger.trust).err(), Some(Error::NoBootableSlot));
+    assert_eq!(dev.boot().err(), Some(Error::NoBootableSlot));
 }
 
 #[test]
@@ -571,8 +537,8 @@ fn expired_manifest_still_boots() {
         m.expires_at = 20;
     });
     let mut dev = fx.provision(flash(), &old);
-    let b = dev.boot(&fx.trust).unwrap();
-    assert_eq!(b.manifest.expires_at, aloft_protocol::UnixTime(20));
+    let b = dev.boot().unwrap();
+    assert_eq!(b.manifest.expires_at(), aloft_protocol::UnixTime(20));
 }
 
 // ---- geometries ----
@@ -590,14 +556,14 @@ fn cycle<const W: usize, const E: usize>(flash: SimFlash<W, E>, layout: Layout) 
         &old.envelope,
     )
     .unwrap();
-    assert_eq!(dev.boot(&fx.trust).unwrap().slot, Slot::A);
+    assert_eq!(dev.boot().unwrap().slot, Slot::A);
     install(&mut dev, &new).unwrap();
-    let b = dev.boot(&fx.trust).unwrap();
+    let b = dev.boot().unwrap();
     assert_eq!((b.slot, b.trial), (Slot::B, true));
     dev.confirm().unwrap();
     let p = *dev.layout().slot(Slot::B);
     let mut dev = Device::open(dev.into_flash(), layout, config()).unwrap();
-    assert_eq!(dev.boot(&fx.trust).unwrap().slot, Slot::B);
+    assert_eq!(dev.boot().unwrap().slot, Slot::B);
     let f = dev.into_flash();
     assert_eq!(
         &f.bytes()[p.offset as usize..p.offset as usize + new.image.len()],
@@ -608,29 +574,33 @@ fn cycle<const W: usize, const E: usize>(flash: SimFlash<W, E>, layout: Layout) 
 #[test]
 fn works_with_write_size_1() {
     let l = Layout {
-        state: Partition::new(0, 4096, 1024),
-        slot_a: Partition::new(4096, 16384, 1024),
-        slot_b: Partition::new(20480, 16384, 1024),
+        state: Partition::new(0, 8192, 1024),
+        slot_a: Partition::new(8192, 16384, 1024),
+        slot_b: Partition::new(24576, 16384, 1024),
         manifest_area: 1024,
+        trust_area: 1024,
     };
-    cycle(SimFlash::<1, 1024>::uniform(36), l);
+    cycle(SimFlash::<1, 1024>::uniform(40), l);
 }
 
 #[test]
 fn works_with_write_size_32_and_64k_sectors() {
+    // State: one 64 KiB sector per log half and per TrustRoot copy.
     let l = Layout {
-        state: Partition::new(0, 131072, 65536),
-        slot_a: Partition::new(131072, 131072, 65536),
-        slot_b: Partition::new(262144, 131072, 65536),
+        state: Partition::new(0, 262144, 65536),
+        slot_a: Partition::new(262144, 131072, 65536),
+        slot_b: Partition::new(393216, 131072, 65536),
         manifest_area: 4096,
+        trust_area: 4096,
     };
-    cycle(SimFlash::<32, 65536>::uniform(6), l);
+    cycle(SimFlash::<32, 65536>::uniform(8), l);
 }
 
 #[test]
 fn works_with_odd_write_size_and_non_uniform_sectors() {
-    // Four 1.5 KiB sectors for the state, then 12 KiB sectors for the slots
-    // (each slot: one sector of image, one of manifest trailer).
+    // Four 1.5 KiB sectors for the state (a log half and a TrustRoot copy
+    // each), then 12 KiB sectors for the slots (each slot: one sector of
+    // image, one of manifest trailer).
     let sim2 =
         SimFlash::<12, 1536>::with_sectors(&[1536, 1536, 1536, 1536, 12288, 12288, 12288, 12288]);
     let l2 = Layout {
@@ -638,6 +608,7 @@ fn works_with_odd_write_size_and_non_uniform_sectors() {
         slot_a: Partition::new(6144, 24576, 12288),
         slot_b: Partition::new(30720, 24576, 12288),
         manifest_area: 1024,
+        trust_area: 1024,
     };
     cycle(sim2, l2);
 }
@@ -646,29 +617,82 @@ fn works_with_odd_write_size_and_non_uniform_sectors() {
 fn layout_validation_refuses_bad_maps() {
     type F = SimFlash<4, 1024>;
     let good = layout();
-    assert!(good.validate::<F>(16384).is_ok());
+    assert!(good.validate::<F>(20480).is_ok());
+    let bad = |l: Layout, why: &str| {
+        assert!(
+            matches!(l.validate::<F>(20480), Err(Error::InvalidLayout(_))),
+            "{why}"
+        );
+    };
     let mut l = good;
-    l.slot_b.offset = 8192;
-    assert!(
-        matches!(l.validate::<F>(16384), Err(Error::InvalidLayout(_))),
-        "overlap"
+    l.slot_b.offset = 10240;
+    bad(l, "overlap");
+    let mut l = good;
+    l.state = Partition::new(0, 4096, 1024);
+    bad(
+        l,
+        "state too small for two records per half beside the TrustRoot copies",
     );
     let mut l = good;
-    l.state = Partition::new(0, 2048, 1024);
-    assert!(
-        matches!(l.validate::<F>(16384), Err(Error::InvalidLayout(_))),
-        "state too small"
-    );
+    l.trust_area = 4096;
+    bad(l, "TrustRoot copies leave no room for the log");
+    let mut l = good;
+    l.trust_area = 256;
+    bad(l, "TrustRoot area below 512 bytes");
     let mut l = good;
     l.slot_a.sector_size = 512;
+    bad(l, "below ERASE_SIZE");
     assert!(
-        matches!(l.validate::<F>(16384), Err(Error::InvalidLayout(_))),
-        "below ERASE_SIZE"
-    );
-    assert!(
-        matches!(good.validate::<F>(8192), Err(Error::InvalidLayout(_))),
+        matches!(good.validate::<F>(16384), Err(Error::InvalidLayout(_))),
         "beyond flash"
     );
+}
+
+/// A layout must match the flash's real erase sectors: a state partition
+/// declared with 1 KiB sectors inside 2 KiB physical sectors validates
+/// against ERASE_SIZE alone, but erasing one log half would erase part of
+/// the other. Provisioning refuses it.
+#[test]
+fn provisioning_refuses_a_layout_that_splits_physical_sectors() {
+    let fx = Fixture::new();
+    let old = fx.release("fw-1", 1, image(900, 1));
+    // 2 KiB physical sectors under the state, 1 KiB under the slots.
+    let mut sectors = vec![2048u32; 4];
+    sectors.extend([1024; 12]);
+    let split = Sim::with_sectors(&sectors);
+    let e = Device::provision(
+        split,
+        layout(),
+        config(),
+        &fx.trust,
+        &old.image,
+        &old.envelope,
+    )
+    .err();
+    assert!(
+        matches!(e, Some(Error::InvalidLayout(why)) if why.contains("physical erase sector")),
+        "{e:?}"
+    );
+    // The same layout on a flash whose sectors match is provisioned.
+    let mut dev = fx.provision(flash(), &old);
+    assert_eq!(dev.boot().unwrap().slot, Slot::A);
+    // A state partition on whole 2 KiB sectors works on the split flash.
+    let mut sectors = vec![2048u32; 4];
+    sectors.extend([1024; 12]);
+    let l = Layout {
+        state: Partition::new(0, 8192, 2048),
+        trust_area: 2048,
+        ..layout()
+    };
+    let dev = Device::provision(
+        Sim::with_sectors(&sectors),
+        l,
+        config(),
+        &fx.trust,
+        &old.image,
+        &old.envelope,
+    );
+    assert!(dev.is_ok(), "{:?}", dev.err());
 }
 
 #[test]

@@ -23,14 +23,17 @@
 mod common;
 
 use aloft_device::sim::{Fault, FaultMode, OpKind};
-use aloft_device::{Device, Error, ReportKind, Slot};
-use aloft_protocol::SecurityVersion;
+use aloft_device::{Clock, Device, Error, ReportKind, Slot};
+use aloft_protocol::{SecurityVersion, UnixTime, pb};
 use common::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Scenario {
     Confirm,
     Revert,
+    /// A TrustRoot rotation that retires the running image's release key,
+    /// then the confirm sequence of a release signed under the new root.
+    Rotate,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,34 +43,62 @@ enum Img {
 }
 
 struct World {
-    fx: Fixture,
     old: Release,
     new: Release,
+    /// The TrustRoot successor (Rotate scenario; `new` is signed under it).
+    successor: Option<pb::SignedEnvelope>,
     /// Provisioned and booted once, running the old image.
     base: Sim,
     /// Progress interval set after each power-on (`None`: the default, one
     /// sector for this small layout).
     progress: Option<u32>,
+    /// The device's configuration (its payload policy).
+    config: aloft_device::DeviceConfig,
+    /// The keys (kept to build variants of `new`).
+    fx: Option<Fixture>,
 }
 
 impl World {
     fn new(old_len: usize, new_len: usize) -> Self {
-        let fx = Fixture::new();
+        Self::build(old_len, new_len, false)
+    }
+
+    /// As `new`, but `new` is signed under a rotated TrustRoot whose
+    /// release key is not the one that signed `old`.
+    fn rotating(old_len: usize, new_len: usize) -> Self {
+        Self::build(old_len, new_len, true)
+    }
+
+    /// As `new`, but `new` is a signature-only release (Merkle-proven
+    /// plaintext chunks) and the device installs both encodings.
+    fn signature_only(old_len: usize, new_len: usize) -> Self {
+        let mut w = Self::build(old_len, new_len, false);
+        let fx = w.fx.take().expect("the fixture");
+        w.new = fx.signature_only_release("fw-2", 2, image(new_len, 2), 384);
+        w.config = permissive_config();
+        w
+    }
+
+    fn build(old_len: usize, new_len: usize, rotate: bool) -> Self {
+        let mut fx = Fixture::new();
         let old = fx.release("fw-1", 1, image(old_len, 1));
-        // 384-byte chunks do not line up with the 1 KiB sectors, so resumes
-        // restart mid-chunk.
-        let new = fx.release_with("fw-2", 2, image(new_len, 2), |m| m.chunk_size = 384);
         let mut f = flash();
         f.set_tracing(true);
         let mut dev = fx.provision(f, &old);
-        dev.boot(&fx.trust).unwrap();
+        dev.boot().unwrap();
         let base = dev.into_flash();
+        let successor = rotate.then(|| fx.rotate(NOW + 2 * 365 * 86_400));
+        // 384-byte chunks do not line up with the 1 KiB sectors, so resumes
+        // restart mid-chunk.
+        let new = fx.release_with("fw-2", 2, image(new_len, 2), |m| m.chunk_size = 384);
         Self {
-            fx,
             old,
             new,
+            successor,
             base,
             progress: None,
+            config: config(),
+            fx: Some(fx),
         }
     }
 }
@@ -82,6 +113,8 @@ struct Marks {
     confirm: Option<u64>,
     /// The trial boot record that spends the last attempt (revert scenario).
     last_attempt: Option<u64>,
+    /// The record that switches to the new TrustRoot (rotate scenario).
+    trust: Option<u64>,
 }
 
 /// One power-on: the boot decision, then the firmware's part. Checks every
@@ -94,17 +127,26 @@ fn power_on(
     marks: &mut Marks,
     boots: &mut Vec<Img>,
 ) -> Result<bool, Error> {
-    let mut dev = Device::open(&mut *flash, layout(), config())?;
+    let mut dev = Device::open(&mut *flash, layout(), w.config.clone())?;
     if let Some(p) = w.progress {
         dev.set_progress_interval(p);
     }
-    let b = dev.boot(&w.fx.trust)?;
-    let img = if b.manifest.release_id == w.new.manifest.release_id {
-        assert_eq!(b.manifest, w.new.manifest);
+    // Never neither root: the device always holds a TrustRoot that verifies.
+    let trust = dev
+        .trust_root()
+        .expect("a TrustRoot always verifies")
+        .version();
+    assert!(
+        trust == 1 || (trust == 2 && sc == Scenario::Rotate),
+        "root v{trust}"
+    );
+    let b = dev.boot()?;
+    let img = if b.manifest.release_id() == w.new.manifest.release_id() {
+        assert_eq!(&b.manifest, w.new.manifest.manifest());
         assert_eq!(b.slot, Slot::B);
         Img::New
     } else {
-        assert_eq!(b.manifest, w.old.manifest);
+        assert_eq!(&b.manifest, w.old.manifest.manifest());
         assert_eq!(b.slot, Slot::A);
         Img::Old
     };
@@ -120,7 +162,7 @@ fn power_on(
     }
     let done = match (img, b.trial) {
         (Img::New, true) => {
-            if sc == Scenario::Confirm {
+            if sc != Scenario::Revert {
                 // The firmware passed its health check.
                 dev.confirm()?;
                 marks.confirm = Some(dev.flash().ops() - 1);
@@ -130,7 +172,7 @@ fn power_on(
             false
         }
         (Img::New, false) => {
-            assert_eq!(sc, Scenario::Confirm, "the revert scenario never confirms");
+            assert_ne!(sc, Scenario::Revert, "the revert scenario never confirms");
             assert_eq!(rollbacks, 0);
             true
         }
@@ -140,6 +182,12 @@ fn power_on(
                 assert_eq!(sc, Scenario::Revert, "rolled back without a failed trial");
                 true
             } else {
+                if let Some(next) = &w.successor
+                    && trust == 1
+                {
+                    dev.update_trust_root(std::slice::from_ref(next), Clock::At(UnixTime(NOW)))?;
+                    marks.trust = Some(dev.flash().ops() - 1);
+                }
                 install(&mut dev, &w.new)?;
                 marks.pending = Some(dev.flash().ops() - 1);
                 false
@@ -162,7 +210,7 @@ fn power_on(
 fn check_floor(dev: &Device<&mut Sim>, sc: Scenario) {
     let floor = dev.security_floor();
     if floor == SecurityVersion(2) {
-        assert_eq!(sc, Scenario::Confirm, "floor rose in the revert scenario");
+        assert_ne!(sc, Scenario::Revert, "floor rose in the revert scenario");
         assert_eq!(dev.trial(), None, "floor rose before confirm");
         assert_eq!(dev.active_slot(), Slot::B, "floor rose before confirm");
     } else {
@@ -192,14 +240,16 @@ fn check_end(flash: &mut Sim, w: &World, sc: Scenario) {
         .filter(|r| r.kind == ReportKind::RolledBack)
         .collect();
     match sc {
-        Scenario::Confirm => {
+        Scenario::Confirm | Scenario::Rotate => {
             assert!(rollbacks.is_empty());
             assert_eq!((dev.active_slot(), dev.is_confirmed()), (Slot::B, true));
             assert_eq!(dev.security_floor(), SecurityVersion(2));
+            let root = if sc == Scenario::Rotate { 2 } else { 1 };
+            assert_eq!(dev.trust_root().unwrap().version(), root);
         }
         Scenario::Revert => {
             assert_eq!(rollbacks.len(), 1, "rollback report exactly once");
-            assert_eq!(rollbacks[0].release_id, w.new.manifest.release_id);
+            assert_eq!(&rollbacks[0].release_id, w.new.manifest.release_id());
             assert_eq!(dev.active_slot(), Slot::A);
             assert_eq!(dev.security_floor(), SecurityVersion(1));
         }
@@ -211,7 +261,7 @@ fn check_end(flash: &mut Sim, w: &World, sc: Scenario) {
 fn expected(sc: Scenario, marks: &Marks, k: u64) -> Img {
     let pending = marks.pending.unwrap();
     match sc {
-        Scenario::Confirm => {
+        Scenario::Confirm | Scenario::Rotate => {
             if k > pending {
                 Img::New
             } else {
@@ -253,7 +303,12 @@ fn sweep(w: &World, sc: Scenario, second_cut: bool) -> u64 {
     check_end(&mut flash, w, sc);
     let total = flash.ops();
     let trace = flash.trace().to_vec();
-    let commits = [marks.pending, marks.confirm, marks.last_attempt];
+    let commits = [
+        marks.pending,
+        marks.confirm,
+        marks.last_attempt,
+        marks.trust,
+    ];
     let mut scenarios = 0;
 
     for mode in MODES {
@@ -283,6 +338,16 @@ fn sweep(w: &World, sc: Scenario, second_cut: bool) -> u64 {
                     expected(sc, &marks, k),
                     "{sc:?} {mode:?} cut at {k}"
                 );
+                // The root switches exactly at its commit record.
+                if let Some(t) = marks.trust {
+                    let dev = Device::open(cut.clone(), layout(), config()).unwrap();
+                    let want = if k > t { 2 } else { 1 };
+                    assert_eq!(
+                        dev.trust_root().unwrap().version(),
+                        want,
+                        "{mode:?} cut at {k}: TrustRoot"
+                    );
+                }
             }
             check_end(&mut flash, w, sc);
             scenarios += 1;
@@ -291,7 +356,7 @@ fn sweep(w: &World, sc: Scenario, second_cut: bool) -> u64 {
                 continue;
             }
             // Cut the recovery boot at each of its operations as well.
-            let boot_ops = recovery_ops(&cut, w);
+            let boot_ops = recovery_ops(&cut);
             let kinds = &flash.trace()[recovery_start as usize..];
             for k2 in 0..boot_ops {
                 for mode2 in MODES {
@@ -318,11 +383,11 @@ fn sweep(w: &World, sc: Scenario, second_cut: bool) -> u64 {
 }
 
 /// Operations of the recovery boot (the boot decision only).
-fn recovery_ops(cut: &Sim, w: &World) -> u64 {
+fn recovery_ops(cut: &Sim) -> u64 {
     let mut f = cut.clone();
     let before = f.ops();
     let mut dev = Device::open(&mut f, layout(), config()).unwrap();
-    dev.boot(&w.fx.trust).unwrap();
+    dev.boot().unwrap();
     drop(dev);
     f.ops() - before
 }
@@ -352,6 +417,32 @@ fn power_cut_at_every_operation_with_a_two_sector_progress_interval() {
     }
     println!("power-cut sweep (2 KiB progress interval): {total} scenarios checked");
     assert!(total > 100);
+}
+
+/// Threat 22 and 26: a power cut at every flash operation of a TrustRoot
+/// update (and of the install that follows under the new root, and of the
+/// recovery boot) leaves the old root or the new one, never neither, and the
+/// running image, whose release key the rotation retired, keeps booting.
+#[test]
+fn power_cut_at_every_operation_of_a_trust_root_rotation() {
+    let w = World::rotating(1500, 1999);
+    let started = std::time::Instant::now();
+    let n = sweep(&w, Scenario::Rotate, true);
+    println!(
+        "power-cut sweep (TrustRoot rotation + install, with second cuts): {n} scenarios checked in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(n > 100);
+}
+
+/// The same proof for a signature-only release: chunks proven by their
+/// Merkle path instead of decrypted, the rest of the install unchanged.
+#[test]
+fn power_cut_at_every_operation_of_a_signature_only_install() {
+    let w = World::signature_only(1500, 1999);
+    let n = sweep(&w, Scenario::Confirm, true);
+    println!("power-cut sweep (signature-only install, with second cuts): {n} scenarios checked");
+    assert!(n > 100);
 }
 
 #[test]

@@ -1,3 +1,4 @@
+use alloc::boxed::Box;
 use core::fmt;
 
 use crate::types::{SecurityVersion, UnixTime, Version};
@@ -97,6 +98,18 @@ pub enum Error {
     UnwrapFailed,
     /// A device message is bound to another session's challenge.
     ChallengeMismatch,
+    /// A successor in a TrustRoot chain was refused; the device keeps the
+    /// root it had.
+    ChainLink {
+        /// Version the refused link claimed (0 if it did not decode).
+        version: u32,
+        /// Position in the chain, from 0.
+        index: u32,
+        /// Why it was refused.
+        source: Box<Error>,
+    },
+    /// A TrustRoot chain update carried no successor.
+    EmptyChain,
     /// A device message's sequence number is not the expected one
     /// (replayed, dropped or reordered within the session).
     SequenceMismatch {
@@ -165,6 +178,15 @@ impl fmt::Display for Error {
             Self::ChallengeMismatch => {
                 f.write_str("device message is bound to another session's challenge")
             }
+            Self::ChainLink {
+                version,
+                index,
+                source,
+            } => write!(
+                f,
+                "TrustRoot chain link {index} (version {version}) refused: {source}"
+            ),
+            Self::EmptyChain => f.write_str("TrustRoot chain update carries no successor"),
             Self::SequenceMismatch { expected, got } => {
                 write!(
                     f,
@@ -175,4 +197,43 @@ impl fmt::Display for Error {
     }
 }
 
-impl core::error::Error for Error {}
+impl Error {
+    /// A short name of the rule this error broke, for reports and chain links.
+    pub const fn rule(&self) -> &'static str {
+        match self {
+            Self::Malformed(what) | Self::InvalidField(what) | Self::TooLarge(what) => what,
+            Self::InvalidKey => "invalid key",
+            Self::BadSignature => "bad signature",
+            Self::ThresholdNotMet { .. } => "signature threshold not met",
+            Self::InvalidThreshold => "invalid threshold",
+            Self::Expired { .. } => "expired",
+            Self::VersionNotSuccessor { .. } => "version is not the successor",
+            Self::WrongDevice => "wrong device",
+            Self::NonceMismatch => "nonce mismatch",
+            Self::ManifestMismatch => "manifest mismatch",
+            Self::WrongProduct => "wrong product",
+            Self::IncompatibleHardware => "incompatible hardware",
+            Self::SecurityVersionBelowFloor { .. } => "security version below floor",
+            Self::NotNewer { .. } => "not newer",
+            Self::ServerTimeRegressed { .. } => "server time regressed",
+            Self::ImageTooLarge { .. } => "image too large",
+            Self::ChunkAuthentication { .. } => "chunk authentication",
+            Self::ChunkLength { .. } => "chunk length",
+            Self::PayloadTooLong => "payload too long",
+            Self::UnwrapFailed => "unwrap failed",
+            Self::ChainLink { source, .. } => source.rule(),
+            Self::EmptyChain => "empty chain",
+            Self::ChallengeMismatch => "challenge mismatch",
+            Self::SequenceMismatch { .. } => "sequence mismatch",
+        }
+    }
+}
+
+impl core::error::Error for Error {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Self::ChainLink { source, .. } => Some(source.as_ref()),
+            _ => None,
+        }
+    }
+}

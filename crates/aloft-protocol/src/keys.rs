@@ -20,8 +20,14 @@ pub enum Domain {
     ReleaseManifest,
     /// A Directive, signed by a server key.
     Directive,
+    /// A device's registration request, signed by the key it asks to be
+    /// registered with (proof of possession; [`crate::registration`]).
+    DeviceRegistration,
     /// A device's session message, signed by its device key.
     DeviceMessage,
+    /// The server's audit log head (`aloft_protocol::audit`), signed by a
+    /// server key.
+    AuditHead,
 }
 
 impl Domain {
@@ -31,7 +37,9 @@ impl Domain {
             Self::TrustRoot => b"aloft/v1/trust-root\0",
             Self::ReleaseManifest => b"aloft/v1/release-manifest\0",
             Self::Directive => b"aloft/v1/directive\0",
+            Self::DeviceRegistration => b"aloft/v1/device-registration\0",
             Self::DeviceMessage => b"aloft/v1/device-message\0",
+            Self::AuditHead => b"aloft/v1/audit-head\0",
         }
     }
 

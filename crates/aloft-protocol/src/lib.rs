@@ -19,16 +19,20 @@
 
 extern crate alloc;
 
+pub mod audit;
 pub mod device_msg;
 pub mod envelope;
 mod error;
 pub mod keys;
 pub mod limits;
 pub mod payload;
+pub mod registration;
 #[cfg(feature = "ring-verify")]
 pub mod ring_verify;
+pub mod signed_chunks;
 pub mod trust;
 pub mod types;
+pub mod wire;
 pub mod wrap;
 
 pub use error::Error;

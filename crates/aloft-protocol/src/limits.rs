@@ -21,3 +21,8 @@ pub const MAX_IMAGE_LEN: u64 = 1 << 30;
 pub const MAX_DEVICE_MESSAGE_LEN: usize = 8 * 1024;
 /// Most reports carried in one hello.
 pub const MAX_REPORTS_PER_HELLO: usize = 16;
+/// Most TrustRoot successors walked in one chain update (one session).
+pub const MAX_TRUST_CHAIN: usize = 32;
+/// Longest `Directive.payload_url` a device uses (a longer one is ignored:
+/// the device downloads through the server).
+pub const MAX_PAYLOAD_URL_LEN: usize = 4096;

@@ -136,12 +136,67 @@ fixed_bytes!(
     7,
     "nonce prefix"
 );
-fixed_bytes!(
-    /// Fresh device randomness sent in a hello; a directive must echo it.
-    DeviceNonce,
-    16,
-    "device nonce"
-);
+
+/// Fresh device randomness sent in a hello, 16 to 32 bytes; a directive must
+/// echo it exactly.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DeviceNonce {
+    len: u8,
+    bytes: [u8; DeviceNonce::MAX_LEN],
+}
+
+impl DeviceNonce {
+    /// Shortest accepted nonce (128 bits).
+    pub const MIN_LEN: usize = 16;
+    /// Longest accepted nonce.
+    pub const MAX_LEN: usize = 32;
+
+    /// Wraps a nonce of exactly `N` bytes; `N` must be in
+    /// `MIN_LEN..=MAX_LEN` (checked at compile time).
+    pub const fn from_bytes<const N: usize>(nonce: [u8; N]) -> Self {
+        const {
+            assert!(N >= Self::MIN_LEN && N <= Self::MAX_LEN);
+        }
+        let mut bytes = [0u8; Self::MAX_LEN];
+        let mut i = 0;
+        while i < N {
+            bytes[i] = nonce[i];
+            i += 1;
+        }
+        Self {
+            len: N as u8,
+            bytes,
+        }
+    }
+
+    /// Copies a nonce of `MIN_LEN..=MAX_LEN` bytes.
+    pub fn from_slice(nonce: &[u8]) -> Result<Self, Error> {
+        if !(Self::MIN_LEN..=Self::MAX_LEN).contains(&nonce.len()) {
+            return Err(Error::InvalidField("device nonce (16 to 32 bytes)"));
+        }
+        let mut bytes = [0u8; Self::MAX_LEN];
+        bytes[..nonce.len()].copy_from_slice(nonce);
+        Ok(Self {
+            len: nonce.len() as u8,
+            bytes,
+        })
+    }
+
+    /// The nonce bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+impl fmt::Debug for DeviceNonce {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DeviceNonce(")?;
+        for b in self.as_bytes() {
+            write!(f, "{b:02x}")?;
+        }
+        f.write_str(")")
+    }
+}
 
 impl Digest {
     /// SHA-256 of `data`.
@@ -259,6 +314,8 @@ pub struct UnixTime(pub u64);
 
 #[cfg(test)]
 mod tests {
+    use alloc::vec;
+
     use super::*;
 
     #[test]
@@ -284,6 +341,16 @@ mod tests {
     fn fixed_bytes_need_exact_length() {
         assert!(Digest::from_slice(&[0; 31]).is_err());
         assert!(Digest::from_slice(&[0; 32]).is_ok());
-        assert!(DeviceNonce::from_slice(&[0; 17]).is_err());
+        assert!(DeviceNonce::from_slice(&[0; 15]).is_err());
+        assert!(DeviceNonce::from_slice(&[0; 33]).is_err());
+        for len in 16..=32 {
+            let n = DeviceNonce::from_slice(&vec![7; len]).unwrap();
+            assert_eq!(n.as_bytes(), &vec![7; len][..]);
+        }
+        assert_ne!(
+            DeviceNonce::from_slice(&[7; 16]).unwrap(),
+            DeviceNonce::from_slice(&[7; 17]).unwrap(),
+            "length is part of the nonce"
+        );
     }
 }

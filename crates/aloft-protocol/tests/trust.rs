@@ -59,11 +59,11 @@ fn sealed(msg: &impl Message, domain: Domain, signers: &[u8]) -> pb::SignedEnvel
 }
 
 fn trust() -> VerifiedTrustRoot {
-    VerifiedTrustRoot::from_initial(&sealed(&tr_pb(), Domain::TrustRoot, &[1]), NOW).unwrap()
+    VerifiedTrustRoot::trust_on_first_use(&sealed(&tr_pb(), Domain::TrustRoot, &[1]), NOW).unwrap()
 }
 
 fn initial(tr: &pb::TrustRoot, signers: &[u8]) -> Result<VerifiedTrustRoot, Error> {
-    VerifiedTrustRoot::from_initial(&sealed(tr, Domain::TrustRoot, signers), NOW)
+    VerifiedTrustRoot::trust_on_first_use(&sealed(tr, Domain::TrustRoot, signers), NOW)
 }
 
 fn manifest_pb() -> pb::ReleaseManifest {
@@ -79,6 +79,7 @@ fn manifest_pb() -> pb::ReleaseManifest {
         nonce_prefix: vec![1; 7],
         created_at: NOW.0 - 100,
         expires_at: NOW.0 + 1000,
+        ..Default::default()
     }
 }
 
@@ -106,6 +107,7 @@ fn directive_pb(manifest: &pb::SignedEnvelope) -> pb::Directive {
         server_time: NOW.0,
         expires_at: NOW.0 + 300,
         rollout_id: "rollout-1".into(),
+        payload_url: String::new(),
     }
 }
 
@@ -168,16 +170,16 @@ const NOT_MET_1: Error = Error::ThresholdNotMet {
 #[test]
 fn initial_trust_root_is_accepted() {
     let t = trust();
-    assert_eq!(t.version, 1);
-    assert_eq!(t.expires_at, UnixTime(ROOT_EXPIRES));
-    assert_eq!(t.root_keys, vec![key(1).public_key()]);
-    assert_eq!(t.release_keys, vec![key(11).public_key()]);
+    assert_eq!(t.version(), 1);
+    assert_eq!(t.expires_at(), UnixTime(ROOT_EXPIRES));
+    assert_eq!(t.root_keys(), vec![key(1).public_key()]);
+    assert_eq!(t.release_keys(), vec![key(11).public_key()]);
     assert_eq!(
-        t.server_keys,
+        t.server_keys(),
         vec![key(21).public_key(), key(22).public_key()]
     );
-    assert_eq!((t.root_threshold, t.release_threshold), (1, 1));
-    assert_eq!(t.envelope, sealed(&tr_pb(), Domain::TrustRoot, &[1]));
+    assert_eq!((t.root_threshold(), t.release_threshold()), (1, 1));
+    assert_eq!(t.envelope(), &sealed(&tr_pb(), Domain::TrustRoot, &[1]));
 }
 
 #[test]
@@ -191,27 +193,27 @@ fn trust_root_signatures_are_required() {
     // Signed by the root key, but in another domain.
     let env = sealed(&tr_pb(), Domain::ReleaseManifest, &[1]);
     assert_eq!(
-        VerifiedTrustRoot::from_initial(&env, NOW).unwrap_err(),
+        VerifiedTrustRoot::trust_on_first_use(&env, NOW).unwrap_err(),
         NOT_MET_1
     );
     // A flipped signature byte.
     let mut env = sealed(&tr_pb(), Domain::TrustRoot, &[1]);
     env.signatures[0].signature[10] ^= 0x80;
     assert_eq!(
-        VerifiedTrustRoot::from_initial(&env, NOW).unwrap_err(),
+        VerifiedTrustRoot::trust_on_first_use(&env, NOW).unwrap_err(),
         NOT_MET_1
     );
     // A truncated signature and a truncated key id.
     let mut env = sealed(&tr_pb(), Domain::TrustRoot, &[1]);
     env.signatures[0].signature.pop();
     assert_eq!(
-        VerifiedTrustRoot::from_initial(&env, NOW).unwrap_err(),
+        VerifiedTrustRoot::trust_on_first_use(&env, NOW).unwrap_err(),
         NOT_MET_1
     );
     let mut env = sealed(&tr_pb(), Domain::TrustRoot, &[1]);
     env.signatures[0].key_id.pop();
     assert_eq!(
-        VerifiedTrustRoot::from_initial(&env, NOW).unwrap_err(),
+        VerifiedTrustRoot::trust_on_first_use(&env, NOW).unwrap_err(),
         NOT_MET_1
     );
 }
@@ -233,7 +235,7 @@ fn trust_root_threshold_counts_each_key_once() {
     let mut env = sealed(&tr, Domain::TrustRoot, &[2]);
     env.signatures.push(env.signatures[0].clone());
     assert_eq!(
-        VerifiedTrustRoot::from_initial(&env, NOW).unwrap_err(),
+        VerifiedTrustRoot::trust_on_first_use(&env, NOW).unwrap_err(),
         Error::ThresholdNotMet {
             needed: 2,
             valid: 1
@@ -242,7 +244,7 @@ fn trust_root_threshold_counts_each_key_once() {
     // Two distinct root keys meet it, even next to noise.
     let mut env = sealed(&tr, Domain::TrustRoot, &[21, 1, 1, 3]);
     add_signature(&mut env, Domain::TrustRoot, &key(2));
-    assert!(VerifiedTrustRoot::from_initial(&env, NOW).is_ok());
+    assert!(VerifiedTrustRoot::trust_on_first_use(&env, NOW).is_ok());
     assert!(initial(&tr, &[3, 1]).is_ok());
 }
 
@@ -251,10 +253,10 @@ fn expired_trust_root_is_refused() {
     // Threat 5. Valid through the second it names, refused one second later.
     let env = sealed(&tr_pb(), Domain::TrustRoot, &[1]);
     let at = UnixTime(ROOT_EXPIRES);
-    assert!(VerifiedTrustRoot::from_initial(&env, at).is_ok());
+    assert!(VerifiedTrustRoot::trust_on_first_use(&env, at).is_ok());
     let later = UnixTime(ROOT_EXPIRES + 1);
     assert_eq!(
-        VerifiedTrustRoot::from_initial(&env, later).unwrap_err(),
+        VerifiedTrustRoot::trust_on_first_use(&env, later).unwrap_err(),
         Error::Expired {
             expires_at: at,
             now: later
@@ -396,7 +398,7 @@ fn undecodable_and_oversized_trust_roots_are_refused() {
         signatures: vec![],
     };
     assert_eq!(
-        VerifiedTrustRoot::from_initial(&garbage, NOW).unwrap_err(),
+        VerifiedTrustRoot::trust_on_first_use(&garbage, NOW).unwrap_err(),
         Error::Malformed("trust root")
     );
     let big = pb::SignedEnvelope {
@@ -404,13 +406,13 @@ fn undecodable_and_oversized_trust_roots_are_refused() {
         signatures: vec![],
     };
     assert_eq!(
-        VerifiedTrustRoot::from_initial(&big, NOW).unwrap_err(),
+        VerifiedTrustRoot::trust_on_first_use(&big, NOW).unwrap_err(),
         Error::TooLarge("envelope payload")
     );
     let mut many = sealed(&tr_pb(), Domain::TrustRoot, &[1]);
     many.signatures = vec![many.signatures[0].clone(); MAX_SIGNATURES + 1];
     assert_eq!(
-        VerifiedTrustRoot::from_initial(&many, NOW).unwrap_err(),
+        VerifiedTrustRoot::trust_on_first_use(&many, NOW).unwrap_err(),
         Error::TooLarge("signature list")
     );
 }
@@ -435,14 +437,14 @@ fn proper_rotation_chain_is_accepted() {
     let v2 = v1
         .rotate(&sealed(&tr2, Domain::TrustRoot, &[1, 2]), NOW)
         .unwrap();
-    assert_eq!(v2.version, 2);
-    assert_eq!(v2.root_keys, vec![key(2).public_key()]);
+    assert_eq!(v2.version(), 2);
+    assert_eq!(v2.root_keys(), vec![key(2).public_key()]);
     let mut tr3 = tr_v(3, 3);
     tr3.release_keys = pubs(&[12]);
     let v3 = v2
         .rotate(&sealed(&tr3, Domain::TrustRoot, &[2, 3]), NOW)
         .unwrap();
-    assert_eq!(v3.version, 3);
+    assert_eq!(v3.version(), 3);
     // The rotated-out release key no longer signs releases; the new one does.
     let m = manifest_pb();
     assert_eq!(
@@ -574,18 +576,18 @@ fn valid_manifest_is_accepted() {
     let m = manifest_pb();
     let env = manifest_env(&m);
     let v = trust().verify_manifest(&env, NOW).unwrap();
-    assert_eq!(v.release_id.as_str(), "sensor-1.1.0");
-    assert_eq!(v.product, "sensor");
-    assert_eq!(v.hardware, vec!["rev-a".to_string(), "rev-b".to_string()]);
-    assert_eq!(v.version, Version::new(1, 1, 0));
-    assert_eq!(v.security_version, SecurityVersion(2));
-    assert_eq!(v.image_len, 10_000);
-    assert_eq!(v.image_digest, Digest::from_bytes([7; 32]));
-    assert_eq!(v.chunk_size, 4096);
-    assert_eq!(v.nonce_prefix.as_bytes(), &[1; 7]);
-    assert_eq!(v.created_at, UnixTime(NOW.0 - 100));
-    assert_eq!(v.expires_at, UnixTime(NOW.0 + 1000));
-    assert_eq!(v.digest, Digest::of(&env.payload));
+    assert_eq!(v.release_id().as_str(), "sensor-1.1.0");
+    assert_eq!(v.product(), "sensor");
+    assert_eq!(v.hardware(), vec!["rev-a".to_string(), "rev-b".to_string()]);
+    assert_eq!(v.version(), Version::new(1, 1, 0));
+    assert_eq!(v.security_version(), SecurityVersion(2));
+    assert_eq!(v.image_len(), 10_000);
+    assert_eq!(v.image_digest(), Digest::from_bytes([7; 32]));
+    assert_eq!(v.chunk_size(), 4096);
+    assert_eq!(v.nonce_prefix().as_bytes(), &[1; 7]);
+    assert_eq!(v.created_at(), UnixTime(NOW.0 - 100));
+    assert_eq!(v.expires_at(), UnixTime(NOW.0 + 1000));
+    assert_eq!(v.digest(), Digest::of(&env.payload));
 }
 
 #[test]
@@ -890,14 +892,14 @@ fn valid_directive_is_accepted_from_any_server_key() {
         let v = trust()
             .verify_directive(&sealed(&d, Domain::Directive, &[signer]), NOW)
             .unwrap();
-        assert_eq!(v.device_id.as_str(), "dev-a");
-        assert_eq!(v.device_nonce, DeviceNonce::from_bytes([9; 16]));
-        assert_eq!(v.manifest_digest, Digest::of(&menv.payload));
-        assert_eq!(v.content_key.ephemeral, key(40).public_key());
-        assert_eq!(v.content_key.ciphertext, [5; 48]);
-        assert_eq!(v.server_time, NOW);
-        assert_eq!(v.expires_at, UnixTime(NOW.0 + 300));
-        assert_eq!(v.rollout_id, "rollout-1");
+        assert_eq!(v.device_id().as_str(), "dev-a");
+        assert_eq!(v.device_nonce(), &DeviceNonce::from_bytes([9; 16]));
+        assert_eq!(v.manifest_digest(), Digest::of(&menv.payload));
+        assert_eq!(v.content_key().unwrap().ephemeral, key(40).public_key());
+        assert_eq!(v.content_key().unwrap().ciphertext, [5; 48]);
+        assert_eq!(v.server_time(), NOW);
+        assert_eq!(v.expires_at(), UnixTime(NOW.0 + 300));
+        assert_eq!(v.rollout_id(), "rollout-1");
     }
 }
 
@@ -983,22 +985,17 @@ fn malformed_directive_fields_are_refused() {
         (
             "short nonce",
             |d| d.device_nonce.truncate(15),
-            Error::InvalidField("device nonce"),
+            Error::InvalidField("device nonce (16 to 32 bytes)"),
         ),
         (
             "no nonce",
             |d| d.device_nonce.clear(),
-            Error::InvalidField("device nonce"),
+            Error::InvalidField("device nonce (16 to 32 bytes)"),
         ),
         (
             "short digest",
             |d| d.manifest_digest.truncate(31),
             Error::InvalidField("digest"),
-        ),
-        (
-            "no content key",
-            |d| d.content_key = None,
-            Error::InvalidField("content key (missing)"),
         ),
         (
             "long rollout id",
@@ -1055,9 +1052,9 @@ fn valid_update_is_accepted() {
     let menv = manifest_env(&m);
     let denv = directive_env(&directive_pb(&menv));
     let u = verify_update(&trust(), &denv, &menv, &dev.ctx()).unwrap();
-    assert_eq!(u.manifest.digest, u.directive.manifest_digest);
-    assert_eq!(u.manifest.version, Version::new(1, 1, 0));
-    assert_eq!(u.directive.device_id, dev.id);
+    assert_eq!(u.manifest().digest(), u.directive().manifest_digest());
+    assert_eq!(u.manifest().version(), Version::new(1, 1, 0));
+    assert_eq!(u.directive().device_id(), &dev.id);
 }
 
 #[test]
@@ -1323,4 +1320,91 @@ fn update_refuses_an_oversized_manifest_envelope() {
         verify_update(&trust(), &denv, &big, &dev.ctx()).unwrap_err(),
         Error::TooLarge("envelope payload")
     );
+}
+
+// ------------------------------------------------------ payload encodings
+
+fn signature_only_manifest() -> pb::ReleaseManifest {
+    pb::ReleaseManifest {
+        payload_encoding: pb::PayloadEncoding::SignatureOnly as i32,
+        chunk_root: vec![3; 32],
+        nonce_prefix: Vec::new(),
+        ..manifest_pb()
+    }
+}
+
+#[test]
+fn a_manifest_without_an_encoding_is_encrypted() {
+    let m = trust()
+        .verify_manifest(&manifest_env(&manifest_pb()), NOW)
+        .unwrap();
+    assert_eq!(m.payload_encoding(), pb::PayloadEncoding::Encrypted);
+    assert!(!m.is_signature_only());
+    let s = trust()
+        .verify_manifest(&manifest_env(&signature_only_manifest()), NOW)
+        .unwrap();
+    assert!(s.is_signature_only());
+    assert!(matches!(
+        s.payload_layout(),
+        aloft_protocol::signed_chunks::PayloadLayout::SignatureOnly(p) if p.root == Digest::from_bytes([3; 32])
+    ));
+}
+
+#[test]
+fn payload_encoding_fields_must_agree() {
+    type Edit = fn(&mut pb::ReleaseManifest);
+    let cases: &[(&str, Edit, Error)] = &[
+        (
+            "unknown encoding",
+            |m| m.payload_encoding = 7,
+            Error::InvalidField("payload encoding"),
+        ),
+        (
+            "encrypted with a chunk root",
+            |m| {
+                m.payload_encoding = 0;
+                m.nonce_prefix = vec![1; 7];
+            },
+            Error::InvalidField("chunk root (only signature-only releases have one)"),
+        ),
+        (
+            "signature-only with a nonce prefix",
+            |m| m.nonce_prefix = vec![1; 7],
+            Error::InvalidField("nonce prefix (a signature-only release has none)"),
+        ),
+        (
+            "signature-only without a root",
+            |m| m.chunk_root.clear(),
+            Error::InvalidField("chunk root (32 bytes)"),
+        ),
+    ];
+    for (name, edit, want) in cases {
+        let mut m = signature_only_manifest();
+        edit(&mut m);
+        assert_eq!(check_manifest(&m).unwrap_err(), *want, "{name}");
+    }
+}
+
+#[test]
+fn the_content_key_is_there_exactly_when_the_release_is_encrypted() {
+    let dev = Dev::new();
+    assert_eq!(
+        offer(&manifest_pb(), |d| d.content_key = None, &dev.ctx()),
+        Err(Error::InvalidField(
+            "content key (missing for an encrypted release)"
+        ))
+    );
+    assert_eq!(
+        offer(&signature_only_manifest(), |_| {}, &dev.ctx()),
+        Err(Error::InvalidField(
+            "content key (given for a signature-only release)"
+        ))
+    );
+    offer(
+        &signature_only_manifest(),
+        |d| d.content_key = None,
+        &dev.ctx(),
+    )
+    .unwrap();
+    offer(&manifest_pb(), |_| {}, &dev.ctx()).unwrap();
 }

@@ -55,13 +55,21 @@ pub enum ReleaseError {
     },
     /// The device core refused or failed (layout, flash, provisioning).
     #[error("device flash: {0}")]
-    Device(aloft_device::Error),
+    Device(#[source] aloft_device::Error),
     /// Building the firmware failed.
     #[error("building the firmware failed: {0}")]
     Build(String),
     /// Generating TLS certificates failed.
     #[error("TLS certificate generation failed: {0}")]
-    Tls(String),
+    Tls(#[source] rcgen::Error),
+    /// Encoding a JSON summary failed.
+    #[error("encoding {what} as JSON: {source}")]
+    Json {
+        /// What was being encoded.
+        what: &'static str,
+        /// serde_json's reason.
+        source: serde_json::Error,
+    },
 }
 
 impl ReleaseError {

@@ -3,6 +3,8 @@
 //! confirmed active image (aloft-device `Device::provision`), so the device
 //! boots verified firmware from its first power-on.
 //!
+//! The identity bundle may be a template without a key (`aloft device
+//! template`: the device makes its key at its first boot) or hold one.
 //! The release is checked against the TrustRoot in the device's identity
 //! bundle (the one the device will boot with) and against the device's
 //! product and hardware before anything is written; a flash file that
@@ -10,7 +12,6 @@
 
 use std::path::{Path, PathBuf};
 
-use aloft_agent::Identity;
 use aloft_device::{Device, Slot};
 use aloft_firmware::board::{self, FileFlash};
 use aloft_protocol::prost::Message as _;
@@ -61,22 +62,22 @@ pub fn provision(opts: &FactoryOptions) -> Result<FactorySummary, ReleaseError> 
         what: "identity bundle",
         reason: e.to_string(),
     };
-    let identity = Identity::load(&opts.identity).map_err(bad_identity)?;
+    let (device_id, factory_trust, config) =
+        aloft_agent::factory_view(&opts.identity).map_err(bad_identity)?;
     // At the factory the TrustRoot must also be current.
-    let trust = VerifiedTrustRoot::from_initial(&identity.trust_root().envelope, now())
+    let trust = VerifiedTrustRoot::trust_on_first_use(factory_trust.envelope(), now())
         .map_err(ReleaseError::refused("the identity's TrustRoot"))?;
-    let config = identity.device_config().map_err(bad_identity)?;
 
     let release = read_bundle(&opts.bundle)?;
     let (manifest, image) = check_bundle(&release, &trust)?;
-    if manifest.product != config.product || !manifest.hardware.contains(&config.hardware) {
+    if manifest.product() != config.product || !manifest.hardware().contains(&config.hardware) {
         return Err(ReleaseError::InvalidArg {
             what: "release",
             reason: format!(
                 "{} is for product {} on {:?}; the device is {} on {}",
-                manifest.release_id,
-                manifest.product,
-                manifest.hardware,
+                manifest.release_id(),
+                manifest.product(),
+                manifest.hardware(),
                 config.product,
                 config.hardware
             ),
@@ -89,12 +90,13 @@ pub fn provision(opts: &FactoryOptions) -> Result<FactorySummary, ReleaseError> 
         });
     }
     let capacity = board::image_capacity(opts.slot_size);
-    if manifest.image_len > u64::from(capacity) {
+    if manifest.image_len() > u64::from(capacity) {
         return Err(ReleaseError::InvalidArg {
             what: "slot size",
             reason: format!(
                 "the image is {} bytes; slots of {} bytes hold at most {capacity}",
-                manifest.image_len, opts.slot_size
+                manifest.image_len(),
+                opts.slot_size
             ),
         });
     }
@@ -130,14 +132,14 @@ pub fn provision(opts: &FactoryOptions) -> Result<FactorySummary, ReleaseError> 
     };
     debug_assert_eq!(device.active_slot(), Slot::A);
     Ok(FactorySummary {
-        device_id: identity.device_id().to_string(),
+        device_id: device_id.to_string(),
         flash: opts.flash.clone(),
         flash_len,
         slot_size: opts.slot_size,
         image_capacity: capacity,
-        release_id: manifest.release_id.to_string(),
-        version: manifest.version.to_string(),
-        image_len: manifest.image_len,
+        release_id: manifest.release_id().to_string(),
+        version: manifest.version().to_string(),
+        image_len: manifest.image_len(),
     })
 }
 

@@ -59,7 +59,7 @@ pub fn read_key(path: &Path) -> Result<SecretKey, ReleaseError> {
             bytes.len()
         )));
     }
-    SecretKey::from_slice(&bytes).map_err(|e| err(e.to_string()))
+    SecretKey::from_slice(&bytes).map_err(|_| err("not a valid P-256 private scalar".into()))
 }
 
 /// Loads the key file at `path`, or creates it with a fresh key if it does

@@ -161,7 +161,7 @@ pub fn create_keys(opts: &KeysOptions) -> Result<KeysSummary, ReleaseError> {
     };
     let envelope = seal(&trust_root, Domain::TrustRoot, &[&root]);
     // Check it the way a device will before anyone installs it.
-    VerifiedTrustRoot::from_initial(&envelope, now)
+    VerifiedTrustRoot::trust_on_first_use(&envelope, now)
         .map_err(ReleaseError::refused("the new TrustRoot"))?;
     write_public(
         &dir.join(TRUST_ROOT),
@@ -180,7 +180,10 @@ pub fn create_keys(opts: &KeysOptions) -> Result<KeysSummary, ReleaseError> {
         trust_root_expires_at: expires_at,
         created,
     };
-    let json = serde_json::to_vec_pretty(&summary).map_err(|e| ReleaseError::Tls(e.to_string()))?;
+    let json = serde_json::to_vec_pretty(&summary).map_err(|source| ReleaseError::Json {
+        what: "the key summary",
+        source,
+    })?;
     write_public(&dir.join(SUMMARY), &json)?;
     Ok(summary)
 }
@@ -202,7 +205,7 @@ fn create_tls(dir: &Path, hosts: &[String]) -> Result<Vec<String>, ReleaseError>
             ),
         });
     }
-    let tls = |e: rcgen::Error| ReleaseError::Tls(e.to_string());
+    let tls = ReleaseError::Tls;
     let ca_key = rcgen::KeyPair::generate().map_err(tls)?;
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(tls)?;
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -244,10 +247,233 @@ pub fn read_trust_root(dir: &Path) -> Result<VerifiedTrustRoot, ReleaseError> {
             what: "TrustRoot",
             reason: e.to_string(),
         })?;
-    VerifiedTrustRoot::from_initial(&envelope, now()).map_err(ReleaseError::refused("TrustRoot"))
+    VerifiedTrustRoot::trust_on_first_use(&envelope, now())
+        .map_err(ReleaseError::refused("TrustRoot"))
 }
 
 /// Reads the release key of a key directory.
 pub fn read_release_key(dir: &Path) -> Result<aloft_protocol::SecretKey, ReleaseError> {
     read_key(&dir.join(RELEASE_KEY))
+}
+
+/// The next directive key in a server's data directory (`aloft-server`
+/// switches to it once a TrustRoot that lists it is installed).
+pub const SERVER_DATA_NEXT_KEY: &str = "server-key.next";
+
+/// What one rotation changes; anything left at its default stays as it is.
+#[derive(Clone, Debug, Default)]
+pub struct RotateOptions {
+    /// Key directory (as `keys` made it): `root.key`, `release.key`,
+    /// `trust-root.pb`.
+    pub dir: PathBuf,
+    /// Replace the root key: the new TrustRoot is signed by the old root key
+    /// and the new one; the old is kept as `root.retired-vN.key`.
+    pub new_root: bool,
+    /// Make a new release key the one `release` signs with; the old one is
+    /// kept as `release.retired-vN.key` and stays listed unless removed.
+    pub new_release_key: bool,
+    /// Release keys to remove (revoke), by key id (hex, or a unique prefix
+    /// of at least 8 characters). Manifests they signed are refused from
+    /// then on, by servers at upload and by devices that have the new root.
+    pub remove_release_keys: Vec<String>,
+    /// Server directive public keys to list (e.g. `aloft server info`'s
+    /// next server key).
+    pub add_server_keys: Vec<PublicKey>,
+    /// Server keys to remove, by key id (or unique prefix).
+    pub remove_server_keys: Vec<String>,
+    /// Days the new TrustRoot stays valid (from now).
+    pub valid_days: u32,
+}
+
+/// What a rotation made, printed as JSON with `--json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct RotateSummary {
+    /// The new TrustRoot file (`trust-root.pb`; also kept as
+    /// `trust-root-vN.pb`).
+    pub trust_root: PathBuf,
+    /// Its version.
+    pub version: u32,
+    /// Its expiry, unix seconds.
+    pub expires_at: u64,
+    /// Root key ids.
+    pub root_keys: Vec<String>,
+    /// Release key ids.
+    pub release_keys: Vec<String>,
+    /// Server key ids.
+    pub server_keys: Vec<String>,
+    /// Files created or renamed.
+    pub changed: Vec<String>,
+}
+
+/// The next directive key of a server data directory: reads
+/// `DIR/server-key.next`, or creates it (0600). Returns its public key and
+/// whether it was created.
+pub fn next_server_key(data_dir: &Path) -> Result<(PublicKey, bool), ReleaseError> {
+    std::fs::create_dir_all(data_dir).map_err(ReleaseError::io(data_dir))?;
+    let (key, created) = load_or_create_key(&data_dir.join(SERVER_DATA_NEXT_KEY))?;
+    Ok((key.public_key(), created))
+}
+
+/// Finds the one key of `keys` whose id starts with `id` (hex, >= 8 chars).
+fn find_key(keys: &[PublicKey], id: &str, role: &'static str) -> Result<usize, ReleaseError> {
+    let id = id.trim().to_ascii_lowercase();
+    if id.len() < 8 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ReleaseError::InvalidArg {
+            what: role,
+            reason: format!("{id:?} is not a key id (hex, at least 8 characters)"),
+        });
+    }
+    let hits: Vec<usize> = keys
+        .iter()
+        .enumerate()
+        .filter(|(_, k)| k.key_id().to_string().starts_with(&id))
+        .map(|(i, _)| i)
+        .collect();
+    match hits[..] {
+        [i] => Ok(i),
+        [] => Err(ReleaseError::InvalidArg {
+            what: role,
+            reason: format!("no listed key has an id starting with {id}"),
+        }),
+        _ => Err(ReleaseError::InvalidArg {
+            what: role,
+            reason: format!("{id} matches several keys; give more of the id"),
+        }),
+    }
+}
+
+/// Signs the successor of the key directory's TrustRoot (version + 1) with
+/// the changes `opts` asks for, checks it the way a server and a device
+/// will (a rotation of the current root, unexpired), and writes it as
+/// `trust-root.pb` (the previous one stays as `trust-root-vN.pb`). The
+/// current root may have expired: rotation is how it is renewed.
+pub fn rotate_keys(opts: &RotateOptions) -> Result<RotateSummary, ReleaseError> {
+    let dir = &opts.dir;
+    let current_path = dir.join(TRUST_ROOT);
+    let bytes = std::fs::read(&current_path).map_err(ReleaseError::io(&current_path))?;
+    let current_env =
+        aloft_protocol::envelope::decode_envelope(&bytes).map_err(|e| ReleaseError::BadFile {
+            path: current_path.clone(),
+            what: "TrustRoot",
+            reason: e.to_string(),
+        })?;
+    let current = VerifiedTrustRoot::reload_stored(&current_env)
+        .map_err(ReleaseError::refused("the current TrustRoot"))?;
+    let next_version = current.version() + 1;
+    let old_root = read_key(&dir.join(ROOT_KEY))?;
+    if !current.root_keys().contains(&old_root.public_key()) {
+        return Err(ReleaseError::KeyFile {
+            path: dir.join(ROOT_KEY),
+            reason: "this root key is not listed in the current TrustRoot".into(),
+        });
+    }
+    // Everything is decided and checked in memory first: a refused rotation
+    // changes no file.
+    let new_root = opts.new_root.then(aloft_protocol::SecretKey::generate);
+    let new_release = opts
+        .new_release_key
+        .then(aloft_protocol::SecretKey::generate);
+    let mut root_keys: Vec<PublicKey> = current.root_keys().to_vec();
+    let mut signers = vec![old_root.clone()];
+    if let Some(k) = &new_root {
+        root_keys = vec![k.public_key()];
+        signers.push(k.clone());
+    }
+    let mut release_keys: Vec<PublicKey> = current.release_keys().to_vec();
+    if let Some(k) = &new_release {
+        release_keys.push(k.public_key());
+    }
+    for id in &opts.remove_release_keys {
+        let i = find_key(&release_keys, id, "release key to remove")?;
+        release_keys.remove(i);
+    }
+    if release_keys.is_empty() {
+        return Err(ReleaseError::InvalidArg {
+            what: "release keys",
+            reason: "the rotation would list none; add one with --new-release-key".into(),
+        });
+    }
+    let mut server_keys: Vec<PublicKey> = current.server_keys().to_vec();
+    for key in &opts.add_server_keys {
+        if !server_keys.contains(key) {
+            server_keys.push(*key);
+        }
+    }
+    for id in &opts.remove_server_keys {
+        let i = find_key(&server_keys, id, "server key to remove")?;
+        server_keys.remove(i);
+    }
+    if server_keys.is_empty() {
+        return Err(ReleaseError::InvalidArg {
+            what: "server keys",
+            reason: "the rotation would list none; add one with --server-key or --next-server-key"
+                .into(),
+        });
+    }
+    let now = now();
+    let expires_at = now.0 + u64::from(opts.valid_days) * 86_400;
+    let encode = |keys: &[PublicKey]| {
+        keys.iter()
+            .map(|k| k.to_sec1_compressed().to_vec())
+            .collect::<Vec<_>>()
+    };
+    let next = pb::TrustRoot {
+        version: next_version,
+        expires_at,
+        root_keys: encode(&root_keys),
+        root_threshold: 1,
+        release_keys: encode(&release_keys),
+        release_threshold: current.release_threshold().min(release_keys.len() as u32),
+        server_keys: encode(&server_keys),
+    };
+    let signer_refs: Vec<&aloft_protocol::SecretKey> = signers.iter().collect();
+    let envelope = seal(&next, Domain::TrustRoot, &signer_refs);
+    // Check it the way the server (SetTrustRoot) and a device will.
+    let verified = current
+        .rotate(&envelope, now)
+        .map_err(ReleaseError::refused("the rotated TrustRoot"))?;
+
+    // Now the files: archive the current root (the chain devices walk is
+    // rebuilt from these), retire and replace keys, write the new root.
+    let mut changed = Vec::new();
+    let archived = dir.join(format!("trust-root-v{}.pb", current.version()));
+    if !archived.exists() {
+        write_public(&archived, &bytes)?;
+        changed.push(archived.display().to_string());
+    }
+    let mut replace = |name: &str, key: &aloft_protocol::SecretKey| -> Result<(), ReleaseError> {
+        let path = dir.join(name);
+        let stem = name.trim_end_matches(".key");
+        let retired = dir.join(format!("{stem}.retired-v{}.key", current.version()));
+        if path.exists() {
+            std::fs::rename(&path, &retired).map_err(ReleaseError::io(&retired))?;
+            changed.push(retired.display().to_string());
+        }
+        write_private(&path, &key.to_bytes())?;
+        changed.push(path.display().to_string());
+        Ok(())
+    };
+    if let Some(k) = &new_root {
+        replace(ROOT_KEY, k)?;
+    }
+    if let Some(k) = &new_release {
+        replace(RELEASE_KEY, k)?;
+    }
+    let encoded = aloft_protocol::prost::Message::encode_to_vec(&envelope);
+    write_public(
+        &dir.join(format!("trust-root-v{next_version}.pb")),
+        &encoded,
+    )?;
+    write_public(&current_path, &encoded)?;
+    changed.push(current_path.display().to_string());
+    let ids = |keys: &[PublicKey]| keys.iter().map(|k| k.key_id().to_string()).collect();
+    Ok(RotateSummary {
+        trust_root: current_path,
+        version: verified.version(),
+        expires_at,
+        root_keys: ids(verified.root_keys()),
+        release_keys: ids(verified.release_keys()),
+        server_keys: ids(verified.server_keys()),
+        changed,
+    })
 }

@@ -24,7 +24,9 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Create root and release keys, a local CA, a server TLS certificate and
-    /// the signed TrustRoot (existing keys are kept; the TrustRoot is re-signed).
+    /// the signed TrustRoot (existing keys are kept; the TrustRoot is
+    /// re-signed); or, with a subcommand, rotate keys or make the server's
+    /// next directive key.
     Keys(KeysArgs),
     /// Build the sample firmware, sign and encrypt it, and stage the bundle.
     Release(ReleaseArgs),
@@ -33,10 +35,77 @@ enum Command {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 struct KeysArgs {
-    /// Key directory (created if missing).
+    #[command(subcommand)]
+    action: Option<KeysAction>,
+    #[command(flatten)]
+    init: InitArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysAction {
+    /// Sign the next TrustRoot (version + 1) of a key directory: new root
+    /// key, new or removed (revoked) release keys, listed or removed server
+    /// keys, a new expiry. Signed by the current root key and the new one;
+    /// install it with `aloft trust-root set DIR/trust-root.pb`.
+    Rotate(RotateArgs),
+    /// Make the server's next directive key (DATA/server-key.next) before
+    /// its TrustRoot lists it; prints its public key. The server switches to
+    /// it once a TrustRoot that lists it is installed.
+    NextServerKey(NextServerKeyArgs),
+}
+
+#[derive(Debug, Args)]
+struct RotateArgs {
+    /// Key directory (as `keys --out DIR` made it).
     #[arg(long, value_name = "DIR")]
-    out: PathBuf,
+    keys: PathBuf,
+    /// Replace the root key (the old one is kept as root.retired-vN.key).
+    #[arg(long)]
+    new_root: bool,
+    /// Sign releases with a new release key from now on (the old one stays
+    /// listed unless removed with --remove-release-key).
+    #[arg(long)]
+    new_release_key: bool,
+    /// Remove (revoke) a release key by its key id or a unique prefix of at
+    /// least 8 hex characters (repeat). Manifests it signed are refused
+    /// from then on.
+    #[arg(long = "remove-release-key", value_name = "KEY_ID")]
+    remove_release_keys: Vec<String>,
+    /// List a server directive public key, hex SEC1 (repeat).
+    #[arg(long = "server-key", value_name = "HEX")]
+    server_keys: Vec<String>,
+    /// List the next directive key of this server data directory
+    /// (DATA/server-key.next, created if missing).
+    #[arg(long, value_name = "DATA_DIR")]
+    next_server_key: Option<PathBuf>,
+    /// Remove a server key by its key id or a unique prefix (repeat).
+    #[arg(long = "remove-server-key", value_name = "KEY_ID")]
+    remove_server_keys: Vec<String>,
+    /// Days the new TrustRoot stays valid, from now.
+    #[arg(long, value_name = "DAYS", default_value_t = 365)]
+    valid_days: u32,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct NextServerKeyArgs {
+    /// The server's data directory.
+    #[arg(long, value_name = "DIR")]
+    server_data: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct InitArgs {
+    /// Key directory (created if missing).
+    #[arg(long, value_name = "DIR", required = true)]
+    out: Option<PathBuf>,
     /// The server's data directory: its directive key DIR/server-key is
     /// read, or created before the server's first start (default: OUT/server-data).
     #[arg(long, value_name = "DIR", conflicts_with = "server_key")]
@@ -87,6 +156,13 @@ struct ReleaseArgs {
     /// Days the manifest stays valid for new installs.
     #[arg(long, value_name = "DAYS", default_value_t = 90)]
     valid_days: u32,
+    /// Signed but not encrypted: plaintext chunks, each with a Merkle proof
+    /// to the root the manifest signs, for devices that cannot decrypt (every
+    /// signature, expiry, nonce and anti-rollback check stays). A server
+    /// takes it only for a product declared `aloft product set NAME
+    /// --payloads signature-only`, never for a sensitive one.
+    #[arg(long)]
+    signature_only: bool,
     /// Use this already built firmware image instead of building one (a
     /// sample firmware image must have --version and --fault baked in).
     #[arg(long, value_name = "FILE")]
@@ -113,7 +189,8 @@ struct ReleaseArgs {
 
 #[derive(Debug, Args)]
 struct FactoryArgs {
-    /// The device's identity bundle (identity.pb from `aloft device provision`).
+    /// The device's identity bundle (identity.pb from `aloft device template` or
+    /// `aloft device provision`).
     #[arg(long, value_name = "FILE")]
     identity: PathBuf,
     /// The release bundle for slot A.
@@ -159,15 +236,23 @@ fn print<T: Serialize>(json: bool, value: &T, fields: &[(&str, String)]) -> anyh
 }
 
 fn run_keys(args: KeysArgs) -> anyhow::Result<()> {
+    match args.action {
+        Some(KeysAction::Rotate(r)) => return run_rotate(r),
+        Some(KeysAction::NextServerKey(n)) => return run_next_server_key(n),
+        None => {}
+    }
+    let args = args.init;
+    let out = args
+        .out
+        .ok_or_else(|| anyhow::anyhow!("--out DIR is required"))?;
     let server_key = match args.server_key {
         Some(hex) => ServerKeySource::Public(keys::parse_public_key(&hex)?),
-        None => ServerKeySource::DataDir(
-            args.server_data
-                .unwrap_or_else(|| args.out.join("server-data")),
-        ),
+        None => {
+            ServerKeySource::DataDir(args.server_data.unwrap_or_else(|| out.join("server-data")))
+        }
     };
     let summary = keys::create_keys(&KeysOptions {
-        out: args.out,
+        out,
         server_key,
         trust_root_version: args.trust_root_version,
         valid_days: args.valid_days,
@@ -197,6 +282,81 @@ fn run_keys(args: KeysArgs) -> anyhow::Result<()> {
     )
 }
 
+fn run_rotate(args: RotateArgs) -> anyhow::Result<()> {
+    let mut add = Vec::new();
+    for hex in &args.server_keys {
+        add.push(keys::parse_public_key(hex)?);
+    }
+    if let Some(data) = &args.next_server_key {
+        add.push(keys::next_server_key(data)?.0);
+    }
+    let summary = keys::rotate_keys(&keys::RotateOptions {
+        dir: args.keys,
+        new_root: args.new_root,
+        new_release_key: args.new_release_key,
+        remove_release_keys: args.remove_release_keys,
+        add_server_keys: add,
+        remove_server_keys: args.remove_server_keys,
+        valid_days: args.valid_days,
+    })?;
+    print(
+        args.json,
+        &summary,
+        &[
+            (
+                "trust root",
+                format!(
+                    "{} (version {})",
+                    summary.trust_root.display(),
+                    summary.version
+                ),
+            ),
+            ("expires", summary.expires_at.to_string()),
+            ("root keys", summary.root_keys.join(", ")),
+            ("release keys", summary.release_keys.join(", ")),
+            ("server keys", summary.server_keys.join(", ")),
+            ("changed", summary.changed.join(", ")),
+            (
+                "next",
+                format!("aloft trust-root set {}", summary.trust_root.display()),
+            ),
+        ],
+    )
+}
+
+fn run_next_server_key(args: NextServerKeyArgs) -> anyhow::Result<()> {
+    let (key, created) = keys::next_server_key(&args.server_data)?;
+    #[derive(Serialize)]
+    struct Next {
+        server_key: String,
+        key_id: String,
+        created: bool,
+        file: PathBuf,
+    }
+    let next = Next {
+        server_key: hex::encode(key.to_sec1_compressed()),
+        key_id: key.key_id().to_string(),
+        created,
+        file: args.server_data.join(keys::SERVER_DATA_NEXT_KEY),
+    };
+    print(
+        args.json,
+        &next,
+        &[
+            ("next server key", next.server_key.clone()),
+            ("key id", next.key_id.clone()),
+            (
+                "file",
+                format!(
+                    "{} ({})",
+                    next.file.display(),
+                    if created { "created" } else { "existing" }
+                ),
+            ),
+        ],
+    )
+}
+
 fn run_release(args: ReleaseArgs) -> anyhow::Result<()> {
     let version = release::parse_version(&args.version)?;
     let fault: Fault = args.fault.parse().map_err(|e| ReleaseError::InvalidArg {
@@ -211,6 +371,7 @@ fn run_release(args: ReleaseArgs) -> anyhow::Result<()> {
     opts.release_id = args.release_id;
     opts.chunk_size = args.chunk_size;
     opts.valid_days = args.valid_days;
+    opts.signature_only = args.signature_only;
     opts.release_id()?;
     // Read the keys before the (slow) build, so a bad key fails fast.
     let trust = keys::read_trust_root(&args.keys)?;
@@ -248,6 +409,7 @@ fn run_release(args: ReleaseArgs) -> anyhow::Result<()> {
             ("security version", summary.security_version.to_string()),
             ("fault", summary.fault.clone()),
             ("image", format!("{} bytes", summary.image_len)),
+            ("payload", summary.payload_encoding.clone()),
             ("image sha256", summary.image_sha256.clone()),
             ("manifest digest", summary.manifest_digest.clone()),
             ("staged", summary.staged.clone()),

@@ -1,12 +1,15 @@
 //! `aloft-release release`: build the sample firmware, write and sign its
-//! manifest with the offline release key, encrypt the payload and stage the
-//! result as a `ReleaseBundle` (a file, or an upload through the admin API).
+//! manifest with the offline release key, encrypt the payload (or, with
+//! `--signature-only`, for devices that cannot decrypt, cut it into
+//! plaintext chunks with Merkle proofs to the root the manifest signs) and
+//! stage the result as a `ReleaseBundle` (a file, or an upload through the
+//! admin API).
 //!
 //! The release key is read from its key file and used only in this process;
 //! it is never written anywhere else or sent anywhere. Before a bundle is
 //! written it is checked the way a device will check it: the manifest
 //! against the TrustRoot of the key directory, and the payload decrypted
-//! back to the image (see [`check_bundle`]).
+//! (or verified, chunk by chunk) back to the image (see [`check_bundle`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -14,8 +17,9 @@ use std::process::{Command, Stdio};
 use aloft_firmware::config::{ENV_FAULT, ENV_VERSION, Fault};
 use aloft_protocol::envelope::seal;
 use aloft_protocol::keys::Domain;
-use aloft_protocol::payload::{ChunkDecryptor, PayloadParams, encrypt_payload};
+use aloft_protocol::payload::encrypt_payload;
 use aloft_protocol::prost::Message as _;
+use aloft_protocol::signed_chunks::{PayloadOpener, build_payload};
 use aloft_protocol::trust::{VerifiedManifest, VerifiedTrustRoot};
 use aloft_protocol::{ContentKey, Digest, NoncePrefix, ReleaseId, SecretKey, Version, pb};
 use serde::Serialize;
@@ -50,6 +54,9 @@ pub struct ReleaseOptions {
     pub chunk_size: u32,
     /// Days the manifest stays valid for new installs.
     pub valid_days: u32,
+    /// Signature-only: signed, not encrypted (for devices that cannot
+    /// decrypt; a server refuses it for a product marked sensitive).
+    pub signature_only: bool,
 }
 
 impl ReleaseOptions {
@@ -64,6 +71,7 @@ impl ReleaseOptions {
             release_id: None,
             chunk_size: DEFAULT_CHUNK_SIZE,
             valid_days: 90,
+            signature_only: false,
         }
     }
 
@@ -111,8 +119,10 @@ pub struct ReleaseSummary {
     pub manifest_digest: String,
     /// Bytes per chunk.
     pub chunk_size: u32,
-    /// Encrypted payload bytes.
+    /// Payload bytes (encrypted chunks, or plaintext chunks with proofs).
     pub payload_len: u64,
+    /// `encrypted` or `signature-only`.
+    pub payload_encoding: String,
     /// Manifest expiry, unix seconds.
     pub expires_at: u64,
     /// Where the bundle went (a file path or a server URL).
@@ -203,7 +213,15 @@ pub fn make_bundle(
     let image_digest = Digest::of(image);
     let nonce_prefix = NoncePrefix::from_bytes(random());
     let content_key = ContentKey::from_bytes(random());
-    let manifest = pb::ReleaseManifest {
+    let signed_chunks = if opts.signature_only {
+        Some(
+            build_payload(image, opts.chunk_size)
+                .map_err(ReleaseError::refused("the signature-only payload"))?,
+        )
+    } else {
+        None
+    };
+    let mut manifest = pb::ReleaseManifest {
         release_id: release_id.as_str().to_owned(),
         product: opts.product.clone(),
         hardware: opts.hardware.clone(),
@@ -215,41 +233,60 @@ pub fn make_bundle(
         nonce_prefix: nonce_prefix.as_bytes().to_vec(),
         created_at: created_at.0,
         expires_at,
+        ..Default::default()
     };
+    if let Some((root, _)) = &signed_chunks {
+        manifest.payload_encoding = pb::PayloadEncoding::SignatureOnly as i32;
+        manifest.chunk_root = root.as_bytes().to_vec();
+        manifest.nonce_prefix.clear();
+    }
     let envelope = seal(&manifest, Domain::ReleaseManifest, &[release_key]);
     let verified = trust
         .verify_manifest(&envelope, created_at)
         .map_err(ReleaseError::refused("the signed manifest"))?;
-    let payload = encrypt_payload(&content_key, &verified.payload_params(), image)
-        .map_err(ReleaseError::refused("encrypting the payload"))?;
-    let bundle = pb::ReleaseBundle {
-        manifest: Some(envelope),
-        content_key: content_key.expose().to_vec(),
-        payload,
+    let bundle = match signed_chunks {
+        Some((_, payload)) => pb::ReleaseBundle {
+            manifest: Some(envelope),
+            content_key: Vec::new(),
+            payload,
+        },
+        None => pb::ReleaseBundle {
+            manifest: Some(envelope),
+            content_key: content_key.expose().to_vec(),
+            payload: encrypt_payload(&content_key, &verified.payload_params(), image)
+                .map_err(ReleaseError::refused("encrypting the payload"))?,
+        },
     };
     let (verified, _) = check_bundle(&bundle, trust)?;
     let summary = ReleaseSummary {
         release_id: release_id.as_str().to_owned(),
-        product: verified.product.clone(),
-        hardware: verified.hardware.clone(),
-        version: verified.version.to_string(),
-        security_version: verified.security_version.0,
+        product: verified.product().to_owned(),
+        hardware: verified.hardware().to_vec(),
+        version: verified.version().to_string(),
+        security_version: verified.security_version().0,
         fault: opts.fault.as_str().to_owned(),
-        image_len: verified.image_len,
-        image_sha256: hex::encode(verified.image_digest.as_bytes()),
-        manifest_digest: hex::encode(verified.digest.as_bytes()),
-        chunk_size: verified.chunk_size,
+        image_len: verified.image_len(),
+        image_sha256: hex::encode(verified.image_digest().as_bytes()),
+        manifest_digest: hex::encode(verified.digest().as_bytes()),
+        chunk_size: verified.chunk_size(),
         payload_len: bundle.payload.len() as u64,
+        payload_encoding: if verified.is_signature_only() {
+            "signature-only"
+        } else {
+            "encrypted"
+        }
+        .to_owned(),
         expires_at,
         staged: String::new(),
     };
     Ok((bundle, summary))
 }
 
-/// Verifies a bundle as a device would and decrypts it: the manifest
-/// against `trust` (release-key threshold, fields, expiry), then every
-/// payload chunk (authenticated in order), then the image digest. Returns
-/// the verified manifest and the plaintext image.
+/// Verifies a bundle as a device would and opens it: the manifest against
+/// `trust` (release-key threshold, fields, expiry), then every payload
+/// chunk (decrypted and authenticated, or for a signature-only release
+/// verified against the signed Merkle root, in order), then the image
+/// digest. Returns the verified manifest and the plaintext image.
 pub fn check_bundle(
     bundle: &pb::ReleaseBundle,
     trust: &VerifiedTrustRoot,
@@ -261,9 +298,23 @@ pub fn check_bundle(
     let manifest = trust
         .verify_manifest(envelope, now())
         .map_err(ReleaseError::refused("release manifest"))?;
-    let key = ContentKey::from_slice(&bundle.content_key)
-        .map_err(ReleaseError::refused("content key"))?;
-    let params: PayloadParams = manifest.payload_params();
+    let key = if manifest.is_signature_only() {
+        if !bundle.content_key.is_empty() {
+            return Err(ReleaseError::Refused {
+                what: "content key",
+                source: aloft_protocol::Error::InvalidField(
+                    "content key (given for a signature-only release)",
+                ),
+            });
+        }
+        None
+    } else {
+        Some(
+            ContentKey::from_slice(&bundle.content_key)
+                .map_err(ReleaseError::refused("content key"))?,
+        )
+    };
+    let params = manifest.payload_layout();
     if bundle.payload.len() as u64 != params.payload_len() {
         return Err(ReleaseError::Refused {
             what: "payload",
@@ -271,8 +322,8 @@ pub fn check_bundle(
         });
     }
     let mut decryptor =
-        ChunkDecryptor::new(&key, params, 0).map_err(ReleaseError::refused("payload"))?;
-    let mut image = Vec::with_capacity(manifest.image_len as usize);
+        PayloadOpener::new(key.as_ref(), &params).map_err(ReleaseError::refused("payload"))?;
+    let mut image = Vec::with_capacity(manifest.image_len() as usize);
     let mut rest = bundle.payload.as_slice();
     let mut buf = Vec::new();
     while !decryptor.is_finished() {
@@ -287,11 +338,11 @@ pub fn check_bundle(
         buf.clear();
         buf.extend_from_slice(chunk);
         let plain = decryptor
-            .decrypt_next(&mut buf)
+            .open(&mut buf)
             .map_err(ReleaseError::refused("payload chunk"))?;
         image.extend_from_slice(plain);
     }
-    if Digest::of(&image) != manifest.image_digest {
+    if Digest::of(&image) != manifest.image_digest() {
         return Err(ReleaseError::Refused {
             what: "payload",
             source: aloft_protocol::Error::InvalidField("image digest"),

@@ -82,11 +82,11 @@ fn keys_are_private_kept_and_listed_in_the_trust_root() {
     assert_eq!(mode(&dir.path().join("server-data/server-key")), 0o600);
     let trust = keys::read_trust_root(&opts.out).unwrap();
     assert_eq!(
-        trust.release_keys[0].key_id().to_string(),
+        trust.release_keys()[0].key_id().to_string(),
         first.release_key_id
     );
     assert_eq!(
-        trust.server_keys[0].key_id().to_string(),
+        trust.server_keys()[0].key_id().to_string(),
         first.server_key_id
     );
     assert!(
@@ -104,7 +104,7 @@ fn keys_are_private_kept_and_listed_in_the_trust_root() {
     assert_eq!(second.release_key_id, first.release_key_id);
     assert!(second.created.is_empty(), "{:?}", second.created);
     assert_eq!(
-        keys::read_trust_root(&opts.out).unwrap().server_keys,
+        keys::read_trust_root(&opts.out).unwrap().server_keys(),
         [server]
     );
 }
@@ -237,7 +237,7 @@ fn refuses_tampered_bundles() {
     let (good, _) = bundle(dir.path(), "1.0.0");
     let (manifest, img) = check_bundle(&good, &trust).unwrap();
     assert_eq!(img, image(100_000));
-    assert_eq!(manifest.version, Version::new(1, 0, 0));
+    assert_eq!(manifest.version(), Version::new(1, 0, 0));
 
     let mut payload = good.clone();
     payload.payload[5000] ^= 1;
@@ -291,18 +291,18 @@ fn factory_puts_a_confirmed_verified_image_in_slot_a() {
     assert_eq!(summary.version, "1.0.0");
     assert_eq!(summary.flash_len, board::flash_len(256 * 1024));
 
-    let trust = keys::read_trust_root(&dir.path().join("keys")).unwrap();
+    let _trust = keys::read_trust_root(&dir.path().join("keys")).unwrap();
     let (f, layout) = board::open_flash(&flash).unwrap();
     let config = aloft_agent::Identity::load(dir.path().join("identity-aloft-sample.pb"))
         .unwrap()
         .device_config()
         .unwrap();
     let mut dev = Device::open(f, layout, config).unwrap();
-    let booted = dev.boot(&trust).unwrap();
+    let booted = dev.boot().unwrap();
     assert_eq!(booted.slot, Slot::A);
     assert!(!booted.trial);
     assert!(dev.is_confirmed());
-    assert_eq!(booted.manifest.version, Version::new(1, 0, 0));
+    assert_eq!(booted.manifest.version(), Version::new(1, 0, 0));
 
     // Never overwrites a device's flash.
     assert!(matches!(provision(&opts), Err(ReleaseError::Exists(_))));
@@ -467,4 +467,230 @@ fn cli_runs_keys_release_and_factory_and_refuses_bad_input() {
         std::fs::metadata(d("flash.bin")).unwrap().len(),
         board::flash_len(131_072)
     );
+}
+
+fn rotate(dir: &Path) -> keys::RotateOptions {
+    keys::RotateOptions {
+        dir: dir.join("keys"),
+        valid_days: 365,
+        ..Default::default()
+    }
+}
+
+/// Threat 13: each rotation is version + 1, signed by the old root and the
+/// new one, and checks the way a server and a device will; a device that
+/// holds v1 walks v1 -> v3 with the archived roots.
+#[test]
+fn rotation_drill_new_root_revoked_release_key_new_server_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = keys::create_keys(&keys_in(dir.path())).unwrap();
+    let v1 = keys::read_trust_root(&dir.path().join("keys")).unwrap();
+    let (old_bundle, _) = bundle(dir.path(), "1.0.0");
+
+    // Year 1: a new root key and a new release key; the old release key is
+    // revoked (removed), the server's next directive key is listed.
+    let data = dir.path().join("server-data");
+    let (next_server, created) = keys::next_server_key(&data).unwrap();
+    assert!(created);
+    assert_eq!(mode(&data.join(keys::SERVER_DATA_NEXT_KEY)), 0o600);
+    assert_eq!(keys::next_server_key(&data).unwrap(), (next_server, false));
+    let mut opts = rotate(dir.path());
+    opts.new_root = true;
+    opts.new_release_key = true;
+    opts.remove_release_keys = vec![first.release_key_id[..12].to_owned()];
+    opts.add_server_keys = vec![next_server];
+    opts.remove_server_keys = vec![first.server_key_id.clone()];
+    let r = keys::rotate_keys(&opts).unwrap();
+    assert_eq!(r.version, 2);
+    assert_eq!(r.server_keys, [next_server.key_id().to_string()]);
+    assert!(!r.release_keys.contains(&first.release_key_id), "revoked");
+    assert_ne!(r.root_keys, std::slice::from_ref(&first.root_key_id));
+    let keys_dir = dir.path().join("keys");
+    assert_eq!(mode(&keys_dir.join(keys::ROOT_KEY)), 0o600);
+    assert!(keys_dir.join("root.retired-v1.key").exists());
+    assert!(keys_dir.join("release.retired-v1.key").exists());
+    assert!(keys_dir.join("trust-root-v1.pb").exists());
+
+    // Year 2: only a new expiry.
+    let r3 = keys::rotate_keys(&rotate(dir.path())).unwrap();
+    assert_eq!(r3.version, 3);
+
+    // A device holding v1 walks the archived chain.
+    let chain: Vec<pb::SignedEnvelope> = [2, 3]
+        .iter()
+        .map(|v| {
+            let bytes = std::fs::read(keys_dir.join(format!("trust-root-v{v}.pb"))).unwrap();
+            pb::SignedEnvelope::decode(bytes.as_slice()).unwrap()
+        })
+        .collect();
+    let v3 = v1
+        .update_chain(&chain, aloft_release::now())
+        .expect("v1 walks to v3");
+    assert_eq!(v3.version(), 3);
+    // The revoked key's manifest no longer verifies; the new key's does.
+    let manifest = old_bundle.manifest.unwrap();
+    assert!(matches!(
+        v3.verify_manifest(&manifest, aloft_release::now()),
+        Err(P::ThresholdNotMet { .. })
+    ));
+    let (new_bundle, _) = bundle(dir.path(), "1.1.0");
+    assert!(
+        v3.verify_manifest(new_bundle.manifest.as_ref().unwrap(), aloft_release::now())
+            .is_ok()
+    );
+}
+
+#[test]
+fn rotation_refuses_what_would_strand_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = keys::create_keys(&keys_in(dir.path())).unwrap();
+    let before = std::fs::read(dir.path().join("keys").join(keys::TRUST_ROOT)).unwrap();
+    let refused = |opts: keys::RotateOptions, why: &str| {
+        let e = keys::rotate_keys(&opts).unwrap_err();
+        assert!(matches!(e, ReleaseError::InvalidArg { .. }), "{why}: {e}");
+        assert_eq!(
+            std::fs::read(dir.path().join("keys").join(keys::TRUST_ROOT)).unwrap(),
+            before,
+            "{why}: nothing written"
+        );
+    };
+    let mut o = rotate(dir.path());
+    o.remove_release_keys = vec![first.release_key_id.clone()];
+    refused(o, "no release key left");
+    let mut o = rotate(dir.path());
+    o.remove_server_keys = vec![first.server_key_id.clone()];
+    refused(o, "no server key left");
+    let mut o = rotate(dir.path());
+    o.remove_release_keys = vec!["abc".into()];
+    refused(o, "too short an id");
+    let mut o = rotate(dir.path());
+    o.remove_release_keys = vec!["0123456789abcdef".into()];
+    refused(o, "unknown id");
+}
+
+/// The drill with the real binary, as an operator types it.
+#[test]
+fn rotation_with_the_aloft_release_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_aloft-release"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let k = dir.path().join("keys");
+    let d = dir.path().join("data");
+    let (ok, _, err) = run(&[
+        "keys",
+        "--out",
+        k.to_str().unwrap(),
+        "--server-data",
+        d.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = run(&[
+        "keys",
+        "next-server-key",
+        "--server-data",
+        d.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let next: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let (ok, out, err) = run(&[
+        "keys",
+        "rotate",
+        "--keys",
+        k.to_str().unwrap(),
+        "--new-root",
+        "--next-server-key",
+        d.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(summary["version"], 2);
+    assert!(
+        summary["server_keys"]
+            .as_array()
+            .unwrap()
+            .contains(&next["key_id"])
+    );
+    // Missing the key directory: a clear error naming the file.
+    let (ok, _, err) = run(&["keys", "rotate", "--keys", "/nonexistent-aloft-keys"]);
+    assert!(!ok);
+    assert!(err.contains("trust-root.pb"), "{err}");
+}
+
+#[test]
+fn a_refused_rotation_replaces_no_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = keys::create_keys(&keys_in(dir.path())).unwrap();
+    let keys_dir = dir.path().join("keys");
+    let root_before = std::fs::read(keys_dir.join(keys::ROOT_KEY)).unwrap();
+    let mut o = rotate(dir.path());
+    o.new_root = true;
+    o.remove_server_keys = vec![first.server_key_id.clone()];
+    assert!(keys::rotate_keys(&o).is_err());
+    assert_eq!(
+        std::fs::read(keys_dir.join(keys::ROOT_KEY)).unwrap(),
+        root_before
+    );
+    assert!(!keys_dir.join("root.retired-v1.key").exists());
+}
+
+#[test]
+fn signature_only_releases_are_signed_not_encrypted_and_checked_per_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    keys::create_keys(&keys_in(dir.path())).unwrap();
+    let k = keys_in(dir.path());
+    let trust = keys::read_trust_root(&k.out).unwrap();
+    let key = keys::read_release_key(&k.out).unwrap();
+    let mut opts = ReleaseOptions::new(Version::new(1, 2, 0));
+    opts.signature_only = true;
+    opts.chunk_size = 4096;
+    let img = image(50_000);
+    let (good, summary) = make_bundle(&img, &opts, &key, &trust).unwrap();
+    assert_eq!(summary.payload_encoding, "signature-only");
+    assert!(good.content_key.is_empty(), "no content key");
+    let (manifest, opened) = check_bundle(&good, &trust).unwrap();
+    assert!(manifest.is_signature_only());
+    assert_eq!(opened, img);
+    // The plaintext travels as it is (chunk 0 starts the payload).
+    assert_eq!(&good.payload[..4096], &img[..4096]);
+
+    // A flipped byte fails at its chunk; a content key is refused.
+    let mut tampered = good.clone();
+    tampered.payload[10] ^= 1;
+    assert!(matches!(
+        check_bundle(&tampered, &trust),
+        Err(ReleaseError::Refused {
+            source: P::ChunkAuthentication { index: 0 },
+            ..
+        })
+    ));
+    let mut keyed = good.clone();
+    keyed.content_key = vec![7; 32];
+    assert!(matches!(
+        check_bundle(&keyed, &trust),
+        Err(ReleaseError::Refused {
+            what: "content key",
+            ..
+        })
+    ));
+    // The default stays encrypted.
+    let (encrypted, summary) = make_bundle(
+        &img,
+        &ReleaseOptions::new(Version::new(1, 2, 1)),
+        &key,
+        &trust,
+    )
+    .unwrap();
+    assert_eq!(summary.payload_encoding, "encrypted");
+    assert_ne!(&encrypted.payload[..4096], &img[..4096]);
 }

@@ -24,7 +24,7 @@
 //! when stage 0 is `test_devices_only` (only stage 0 may be). A device is
 //! offered only once the current stage reaches its stage.
 //!
-//! **Decide** (in this order): cancelled/completed rollout, selector miss, or
+//! **Decide** (in this order): cancelled rollout, selector miss, or
 //! already at the target version → `None`; excluded → `NotYet(Excluded)`;
 //! installed/updated/failed → `NotYet(AlreadyDone)`; already offered → `Offer`
 //! again (resume; the slot is already counted); paused → `NotYet(Paused)`;
@@ -33,8 +33,12 @@
 //! `max_concurrent`, or the server's in-flight ≥ its cap) → `PacingCap`;
 //! otherwise `Offer`, recorded as offered. A forced device skips the pause,
 //! stage, window and pacing checks. Each `NotYet` carries a suggested check-in:
-//! the window's next start, `now + pacing_retry_secs` for pacing, else
-//! `now + check_in_secs`, each plus the device's deterministic jitter.
+//! the window's next start, `now + pacing_retry_secs` for pacing, the end of
+//! the current stage's soak for a device whose stage is not reached (at most
+//! [`rollout::STAGE_WAIT_RETRY_SECS`] once it soaked, at most
+//! `check_in_secs`), else `now + check_in_secs`, each plus the device's
+//! deterministic jitter. A completed rollout keeps serving devices that show
+//! up late.
 //!
 //! **Health gate.** In the current stage, `finished = updated + failed +
 //! rolled back + silent` and `failed = failed + rolled back + silent`. Once
@@ -42,17 +46,25 @@
 //! `failed * 1000 > max_failure_permille * finished`: exactly at the threshold
 //! it continues, one more failure pauses it. The reason is recorded, e.g.
 //! `stage 2 (10%): 3 of 20 devices failed (150‰ > 100‰)`. A device that
-//! installed and sends nothing for `silent_after_secs` becomes silent at the
-//! next [`rollout::Rollout::tick`]. Resuming acknowledges the stage's failures
+//! installed and is neither heard from (a check-in counts:
+//! [`rollout::Rollout::seen`]) nor reports for `silent_after_secs` becomes
+//! silent at the next [`rollout::Rollout::tick`]. Resuming acknowledges the stage's failures
 //! so far; the gate then counts only new ones (retrying or recovering a
 //! failed device reduces the acknowledged count again).
 //!
 //! **Advance.** At a tick, an active rollout moves from stage `k` to `k + 1`
 //! when: `k` is not the last stage, `soak_secs` have passed since `k` started,
 //! at least `min_sample` of `k`'s devices finished, none is installed and still
-//! awaiting confirmation, and the gate holds. The last stage stays open (devices
-//! that come to match still join) until an operator advances, which completes
-//! the rollout. Operator advance ignores soak and criteria.
+//! awaiting confirmation, and the gate holds. The last stage completes the
+//! rollout by itself once it soaked, is healthy, and no device of the
+//! rollout is still pending, offered or installing (devices that come to
+//! match later are still served); an operator advance past it completes it
+//! at once. Operator advance ignores soak and criteria.
+//!
+//! **Work proportional to change.** A tick touches only devices whose timer
+//! ran out (offered past the offer timeout, installed past the silence
+//! period): they are indexed by deadline, so an idle tick costs the same for
+//! ten devices or a million.
 //!
 //! **Operator control.** pause (active; the reason is kept as given), resume
 //! (paused), cancel (active or paused; final), advance, retry-failed; per
@@ -61,6 +73,10 @@
 //! **Persistence.** A server stores the [`rollout::RolloutSpec`], the
 //! [`rollout::RolloutProgress`] and each device's [`rollout::DeviceRecord`]
 //! (one small record per device), and rebuilds with [`rollout::Rollout::restore`].
+//! Each operation is journaled ([`rollout::Rollout::begin`]): the server writes
+//! exactly [`rollout::Rollout::changed_devices`] (and the progress when it
+//! changed) and undoes the operation with [`rollout::Rollout::rollback`] when
+//! that write fails, so memory and store never disagree.
 #![forbid(unsafe_code)]
 
 mod error;

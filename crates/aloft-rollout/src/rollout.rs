@@ -5,7 +5,7 @@
 //! [`Report`]s, the time through [`Rollout::tick`]) and operator commands; it
 //! never reads a clock or does I/O. Its rules are listed in the crate docs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use aloft_protocol::{DeviceId, ReleaseId, UnixTime, Version, pb};
 
@@ -312,6 +312,9 @@ pub struct DeviceRecord {
     pub forced: bool,
     /// When the outcome last changed.
     pub since: UnixTime,
+    /// When it last checked in while installing (what the silence timer
+    /// counts from, with `since`).
+    pub last_seen: UnixTime,
     /// Offers made to it.
     pub offers: u32,
     /// Rollbacks it reported.
@@ -412,6 +415,8 @@ pub enum Transition {
     Silent(DeviceId),
     /// The device's offer timed out and went back to pending.
     OfferExpired(DeviceId),
+    /// The last stage soaked and every device in the rollout finished.
+    Completed,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -467,7 +472,24 @@ pub struct Rollout {
     tallies: Vec<Tally>,
     /// Failures in the current stage an operator acknowledged by resuming.
     acknowledged: u32,
+    /// Offered and installed devices by the time their timer runs out
+    /// (offer timeout, silence), so a tick touches only what is due.
+    deadlines: BTreeSet<(UnixTime, DeviceId)>,
+    /// The undo log of the operation in progress (see [`Rollout::begin`]).
+    journal: Option<Journal>,
 }
+
+/// What an operation changed, to undo it if its store write fails.
+#[derive(Clone, Debug)]
+struct Journal {
+    progress: RolloutProgress,
+    /// Each changed device's record before its first change (`None`: new).
+    devices: BTreeMap<DeviceId, Option<DeviceRecord>>,
+}
+
+/// How long a device waiting for its stage is told to wait at most once the
+/// current stage has soaked (it may advance at any moment then).
+pub const STAGE_WAIT_RETRY_SECS: u64 = 60;
 
 impl Rollout {
     /// Starts a rollout at stage 0 (paused with reason "created paused" when `start_paused`).
@@ -499,6 +521,8 @@ impl Rollout {
             devices: BTreeMap::new(),
             tallies,
             acknowledged: 0,
+            deadlines: BTreeSet::new(),
+            journal: None,
         })
     }
 
@@ -519,8 +543,7 @@ impl Rollout {
             if rec.stage.is_some_and(|s| s >= n) {
                 return Err(Error::InvalidField("restored device stage"));
             }
-            r.tallies[Self::slot(rec.stage, n)].0[rec.outcome.index()] += 1;
-            r.devices.insert(id, rec);
+            r.put(&id, Some(rec));
         }
         r.state = progress.state;
         r.current = progress.current_stage;
@@ -596,17 +619,58 @@ impl Rollout {
         stage.unwrap_or(n)
     }
 
+    /// When `rec`'s timer runs out, if it has one: an offer after the offer
+    /// timeout, an install after the silence period since the later of its
+    /// report and its last check-in.
+    fn deadline(&self, rec: &DeviceRecord) -> Option<UnixTime> {
+        let after =
+            |from: UnixTime, secs: u64| (secs > 0).then(|| UnixTime(from.0.saturating_add(secs)));
+        match rec.outcome {
+            DeviceOutcome::Offered => after(rec.since, self.spec.offer_timeout_secs),
+            DeviceOutcome::Installed => {
+                after(rec.since.max(rec.last_seen), self.spec.silent_after_secs)
+            }
+            _ => None,
+        }
+    }
+
+    /// Replaces (or removes, with `None`) one record, keeping the tallies
+    /// and the deadline index in step. Journals the old record.
+    fn put(&mut self, id: &DeviceId, rec: Option<DeviceRecord>) {
+        let n = self.spec.stages.len();
+        let old = match &rec {
+            Some(r) => self.devices.insert(id.clone(), r.clone()),
+            None => self.devices.remove(id),
+        };
+        if let Some(j) = &mut self.journal {
+            j.devices.entry(id.clone()).or_insert_with(|| old.clone());
+        }
+        if let Some(o) = &old {
+            self.tallies[Self::slot(o.stage, n)].0[o.outcome.index()] -= 1;
+            if let Some(d) = self.deadline(o) {
+                self.deadlines.remove(&(d, id.clone()));
+            }
+        }
+        if let Some(r) = &rec {
+            self.tallies[Self::slot(r.stage, n)].0[r.outcome.index()] += 1;
+            if let Some(d) = self.deadline(r) {
+                self.deadlines.insert((d, id.clone()));
+            }
+        }
+    }
+
     /// Changes one record, keeping the tallies (and acknowledged failures) in step.
     fn update(&mut self, id: &DeviceId, f: impl FnOnce(&mut DeviceRecord)) {
-        let n = self.spec.stages.len();
-        let Some(rec) = self.devices.get_mut(id) else {
+        let Some(mut rec) = self.devices.get(id).cloned() else {
             return;
         };
         let (old_stage, old_outcome) = (rec.stage, rec.outcome);
-        f(rec);
-        let (new_stage, new_outcome) = (rec.stage, rec.outcome);
-        self.tallies[Self::slot(old_stage, n)].0[old_outcome.index()] -= 1;
-        self.tallies[Self::slot(new_stage, n)].0[new_outcome.index()] += 1;
+        f(&mut rec);
+        let new_outcome = rec.outcome;
+        if rec == self.devices[id] {
+            return;
+        }
+        self.put(id, Some(rec));
         if old_stage == Some(self.current) && old_outcome.is_failure() && !new_outcome.is_failure()
         {
             self.acknowledged = self.acknowledged.saturating_sub(1);
@@ -614,21 +678,85 @@ impl Rollout {
     }
 
     fn insert(&mut self, id: &DeviceId, stage: Option<usize>, now: UnixTime) {
-        let n = self.spec.stages.len();
-        self.tallies[Self::slot(stage, n)].0[DeviceOutcome::Pending.index()] += 1;
-        self.devices.insert(
-            id.clone(),
-            DeviceRecord {
+        self.put(
+            id,
+            Some(DeviceRecord {
                 outcome: DeviceOutcome::Pending,
                 stage,
                 forced: false,
                 since: now,
+                last_seen: now,
                 offers: 0,
                 rollbacks: 0,
                 failures: 0,
                 last_error: None,
-            },
+            }),
         );
+    }
+
+    /// Starts an operation that can be undone: every change from here is
+    /// journaled until [`Rollout::commit`] or [`Rollout::rollback`]. A server
+    /// persists [`Rollout::changed_devices`] (and the progress, if it
+    /// changed) and rolls back when that write fails, so memory and store
+    /// always agree.
+    pub fn begin(&mut self) {
+        self.journal = Some(Journal {
+            progress: self.progress(),
+            devices: BTreeMap::new(),
+        });
+    }
+
+    /// Devices whose records changed since [`Rollout::begin`].
+    pub fn changed_devices(&self) -> Vec<DeviceId> {
+        self.journal
+            .as_ref()
+            .map(|j| {
+                j.devices
+                    .iter()
+                    .filter(|(id, before)| self.devices.get(*id) != before.as_ref())
+                    .map(|(id, _)| id.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Whether the progress (state, stage, ...) changed since [`Rollout::begin`].
+    pub fn progress_changed(&self) -> bool {
+        self.journal
+            .as_ref()
+            .is_some_and(|j| j.progress != self.progress())
+    }
+
+    /// Keeps the changes since [`Rollout::begin`].
+    pub fn commit(&mut self) {
+        self.journal = None;
+    }
+
+    /// Undoes every change since [`Rollout::begin`].
+    pub fn rollback(&mut self) {
+        let Some(j) = self.journal.take() else {
+            return;
+        };
+        for (id, before) in j.devices {
+            self.put(&id, before);
+        }
+        self.state = j.progress.state;
+        self.current = j.progress.current_stage;
+        self.stage_started_at = j.progress.stage_started_at;
+        self.acknowledged = j.progress.acknowledged;
+    }
+
+    /// A device of this rollout checked in at `now` (it may be running the
+    /// target version already, in its trial): an installing device is not
+    /// silent.
+    pub fn seen(&mut self, device: &DeviceId, now: UnixTime) {
+        if self
+            .devices
+            .get(device)
+            .is_some_and(|r| r.outcome == DeviceOutcome::Installed && r.last_seen < now)
+        {
+            self.update(device, |r| r.last_seen = now);
+        }
     }
 
     fn set_outcome(&mut self, id: &DeviceId, outcome: DeviceOutcome, now: UnixTime) {
@@ -647,6 +775,18 @@ impl Rollout {
         let check_in_at = match &reason {
             NotYetReason::OutsideWindow { next } => self.check_in(device, *next, 0),
             NotYetReason::PacingCap => self.check_in(device, now, self.spec.pacing_retry_secs),
+            NotYetReason::NotInStage => {
+                // Come back when the current stage may advance: at the end
+                // of its soak, or soon once it has soaked.
+                let soak_end = self
+                    .stage_started_at
+                    .0
+                    .saturating_add(self.spec.stages[self.current].soak_secs);
+                let wait = soak_end
+                    .saturating_sub(now.0)
+                    .max(STAGE_WAIT_RETRY_SECS.min(self.spec.check_in_secs));
+                self.check_in(device, now, wait.min(self.spec.check_in_secs))
+            }
             _ => self.check_in(device, now, self.spec.check_in_secs),
         };
         Decision::NotYet {
@@ -658,10 +798,7 @@ impl Rollout {
     /// Decides whether `device` (checking in at `now`) gets the release, and
     /// records an offer when it does. Rules are in the crate docs.
     pub fn decide(&mut self, device: &DeviceView, now: UnixTime, global: GlobalLoad) -> Decision {
-        if matches!(
-            self.state,
-            RolloutState::Cancelled | RolloutState::Completed
-        ) {
+        if self.state == RolloutState::Cancelled {
             return Decision::None;
         }
         let id = &device.id;
@@ -688,8 +825,11 @@ impl Rollout {
         let paused = matches!(self.state, RolloutState::Paused { .. });
         match outcome {
             DeviceOutcome::Excluded => return self.not_yet(id, now, NotYetReason::Excluded),
-            DeviceOutcome::Installed
-            | DeviceOutcome::Updated
+            DeviceOutcome::Installed => {
+                self.seen(id, now);
+                return self.not_yet(id, now, NotYetReason::AlreadyDone);
+            }
+            DeviceOutcome::Updated
             | DeviceOutcome::Failed
             | DeviceOutcome::RolledBack
             | DeviceOutcome::Silent => return self.not_yet(id, now, NotYetReason::AlreadyDone),
@@ -777,35 +917,59 @@ impl Rollout {
     /// health gate, and advances a stage whose soak is over (crate docs).
     pub fn tick(&mut self, now: UnixTime) -> Vec<Transition> {
         let mut out = Vec::new();
-        let expired = |rec: &DeviceRecord, outcome: DeviceOutcome, after: u64| {
-            after > 0 && rec.outcome == outcome && now.0 >= rec.since.0.saturating_add(after)
-        };
-        let silent: Vec<DeviceId> = self
-            .devices
-            .iter()
-            .filter(|(_, r)| expired(r, DeviceOutcome::Installed, self.spec.silent_after_secs))
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in silent {
-            self.set_outcome(&id, DeviceOutcome::Silent, now);
-            out.push(Transition::Silent(id));
+        // Only devices whose timer ran out: the index is ordered by deadline.
+        let mut due = Vec::new();
+        while let Some((at, id)) = self.deadlines.first().cloned() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            due.push(id);
         }
-        let stale_offers: Vec<DeviceId> = self
-            .devices
-            .iter()
-            .filter(|(_, r)| expired(r, DeviceOutcome::Offered, self.spec.offer_timeout_secs))
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in stale_offers {
-            self.set_outcome(&id, DeviceOutcome::Pending, now);
-            out.push(Transition::OfferExpired(id));
+        for id in due {
+            // The index entry is gone; `put` would remove it again harmlessly.
+            match self.devices.get(&id).map(|r| r.outcome) {
+                Some(DeviceOutcome::Installed) => {
+                    self.set_outcome(&id, DeviceOutcome::Silent, now);
+                    out.push(Transition::Silent(id));
+                }
+                Some(DeviceOutcome::Offered) => {
+                    self.set_outcome(&id, DeviceOutcome::Pending, now);
+                    out.push(Transition::OfferExpired(id));
+                }
+                _ => {}
+            }
+        }
+        if !matches!(
+            self.state,
+            RolloutState::Active | RolloutState::Paused { .. }
+        ) {
+            return out;
         }
         out.extend(self.gate());
         if self.state == RolloutState::Active && self.ready_to_advance(now) {
             self.enter_stage(self.current + 1, now);
             out.push(Transition::Advanced { to: self.current });
+        } else if self.state == RolloutState::Active && self.done(now) {
+            self.state = RolloutState::Completed;
+            out.push(Transition::Completed);
         }
         out
+    }
+
+    /// The last stage soaked, healthy, with at least its sample finished,
+    /// and no device anywhere in the rollout still to be offered, downloading
+    /// or installing.
+    fn done(&self, now: UnixTime) -> bool {
+        let stage = &self.spec.stages[self.current];
+        let busy = |o: DeviceOutcome| self.tallies.iter().map(|t| t.get(o)).sum::<u32>();
+        self.current + 1 == self.spec.stages.len()
+            && now.0 >= self.stage_started_at.0.saturating_add(stage.soak_secs)
+            && self.tallies[self.current].finished() >= stage.min_sample.max(1)
+            && busy(DeviceOutcome::Pending) == 0
+            && busy(DeviceOutcome::Offered) == 0
+            && busy(DeviceOutcome::Installed) == 0
+            && !self.unhealthy()
     }
 
     fn ready_to_advance(&self, now: UnixTime) -> bool {
@@ -1010,6 +1174,8 @@ impl Rollout {
             created_at: self.created_at.0,
             stage_started_at: self.stage_started_at.0,
             max_concurrent: self.spec.max_concurrent,
+            // The server's notion (which devices are at the factory).
+            factory: None,
         }
     }
 }

@@ -93,19 +93,28 @@ fn stage_progression_with_soak() {
         .unwrap();
     assert_eq!(r.tick(clock.now()), [Transition::Advanced { to: 2 }]);
 
-    // Last stage: everyone; it never completes by itself.
+    // Last stage: everyone. While one device is still installing it is not
+    // done; once every device finished and the stage soaked, it completes
+    // by itself.
     let rest = (0..200)
         .filter(|&i| offered(&r.decide(&fleet[i], clock.now(), ANY)))
         .count();
     assert_eq!(rest, 200 - 2 - 2); // two test devices and two updated are done
-    for d in &fleet {
+    for d in &fleet[1..] {
         let _ = r.report(&d.id, Report::Updated, clock.now());
     }
-    assert!(r.tick(clock.advance(1_000_000)).is_empty());
-    assert_eq!(r.state(), &RolloutState::Active);
-    r.advance(clock.now()).unwrap();
+    r.report(&fleet[0].id, Report::Installed, clock.now())
+        .unwrap();
+    assert!(
+        r.tick(clock.advance(3600)).is_empty(),
+        "one still installing"
+    );
+    r.report(&fleet[0].id, Report::Updated, clock.now())
+        .unwrap();
+    assert_eq!(r.tick(clock.advance(1)), [Transition::Completed]);
     assert_eq!(r.state(), &RolloutState::Completed);
-    assert_eq!(r.decide(&dev(999), clock.now(), ANY), Decision::None);
+    // A completed rollout still serves a device that shows up late.
+    assert!(offered(&r.decide(&dev(999), clock.now(), ANY)));
     assert_eq!(
         r.advance(clock.now()),
         Err(Error::InvalidState {
@@ -590,6 +599,7 @@ fn spec_from_create_request() {
         max_concurrent: 7,
         silent_after_secs: 3600,
         start_paused: false,
+        factory: None,
     };
     let s = RolloutSpec::from_proto(&req, Version::new(1, 1, 0)).unwrap();
     assert_eq!(s.max_concurrent, 7);
@@ -692,5 +702,132 @@ fn restore_rebuilds_the_same_rollout() {
     assert_eq!(
         Rollout::restore(spec("", stages), r.progress(), bad_devices).unwrap_err(),
         Error::InvalidField("restored device stage")
+    );
+}
+
+/// Seen in a 500-device rollout with server restarts: a device that kept
+/// checking in while installing was counted silent (and failed), because the
+/// silence timer ignored its check-ins.
+#[test]
+fn a_device_that_keeps_checking_in_while_installing_is_not_silent() {
+    let mut clock = Clock::new();
+    let mut sp = spec("", vec![stage("all", 100)]);
+    sp.silent_after_secs = 600;
+    let mut r = Rollout::new(sp, clock.now(), false).unwrap();
+    let d = dev(1);
+    assert!(offered(&r.decide(&d, clock.now(), ANY)));
+    r.report(&d.id, Report::Installed, clock.now()).unwrap();
+    // An hour of check-ins five minutes apart (on the old version, and then
+    // on the new one in its trial): never silent.
+    for i in 0..12 {
+        clock.advance(300);
+        if i % 2 == 0 {
+            assert_eq!(
+                reason(&r.decide(&d, clock.now(), ANY)),
+                NotYetReason::AlreadyDone
+            );
+        } else {
+            r.seen(&d.id, clock.now());
+        }
+        assert!(r.tick(clock.now()).is_empty(), "check-in {i}");
+    }
+    // Then it goes quiet: silent after the period.
+    assert!(r.tick(clock.advance(599)).is_empty());
+    // (Its only device finished, as a failure: the rollout is done too.)
+    assert_eq!(
+        r.tick(clock.advance(1)),
+        [Transition::Silent(d.id.clone()), Transition::Completed]
+    );
+    assert_eq!(r.device(&d.id).unwrap().outcome, DeviceOutcome::Silent);
+}
+
+/// Seen after server restarts: devices not yet in the current stage were
+/// told to come back after the full check-in period, so a staged rollout
+/// stalled for minutes after its stage could advance.
+#[test]
+fn devices_waiting_for_their_stage_come_back_when_it_may_advance() {
+    let clock = Clock::new();
+    let mut sp = spec(
+        "",
+        vec![
+            Stage {
+                soak_secs: 600,
+                ..stage("first", 10)
+            },
+            stage("all", 100),
+        ],
+    );
+    sp.check_in_secs = 3600;
+    let mut r = Rollout::new(sp, clock.now(), false).unwrap();
+    let waiting = devices_in_stage(&r, 1, 1).remove(0);
+    let Decision::NotYet {
+        reason: NotYetReason::NotInStage,
+        check_in_at,
+    } = r.decide(&waiting, clock.now(), ANY)
+    else {
+        panic!("expected NotInStage");
+    };
+    assert_eq!(
+        check_in_at,
+        UnixTime(clock.now().0 + 600),
+        "at the end of the soak"
+    );
+    // Once the stage has soaked (waiting for confirmations), soon.
+    let later = UnixTime(clock.now().0 + 700);
+    let Decision::NotYet { check_in_at, .. } = r.decide(&waiting, later, ANY) else {
+        panic!("expected NotYet");
+    };
+    assert_eq!(
+        check_in_at,
+        UnixTime(later.0 + aloft_rollout::rollout::STAGE_WAIT_RETRY_SECS)
+    );
+}
+
+/// An operation whose store write fails is undone: the engine's state is
+/// exactly what it was before.
+#[test]
+fn a_journaled_operation_rolls_back_to_the_state_before_it() {
+    let mut clock = Clock::new();
+    let mut r = Rollout::new(spec("", vec![stage("all", 100)]), clock.now(), false).unwrap();
+    for i in 0..3 {
+        assert!(offered(&r.decide(&dev(i), clock.now(), ANY)));
+    }
+    r.report(&dev(0).id, Report::Updated, clock.now()).unwrap();
+    let (info, devices) = (
+        r.info(),
+        r.devices()
+            .map(|(i, d)| (i.clone(), d.clone()))
+            .collect::<Vec<_>>(),
+    );
+
+    r.begin();
+    r.report(
+        &dev(1).id,
+        Report::Failed { detail: "x".into() },
+        clock.advance(5),
+    )
+    .unwrap();
+    assert!(offered(&r.decide(&dev(7), clock.now(), ANY)));
+    r.pause("operator").unwrap();
+    let mut changed = r.changed_devices();
+    changed.sort();
+    assert_eq!(changed, [dev(1).id, dev(7).id]);
+    assert!(r.progress_changed());
+    r.rollback();
+    assert_eq!(r.info(), info);
+    assert_eq!(
+        r.devices()
+            .map(|(i, d)| (i.clone(), d.clone()))
+            .collect::<Vec<_>>(),
+        devices
+    );
+    assert_eq!(r.state(), &RolloutState::Active);
+    // A committed operation stays.
+    r.begin();
+    r.report(&dev(2).id, Report::Updated, clock.now()).unwrap();
+    r.commit();
+    assert_eq!(
+        r.device(&dev(2).id).unwrap().outcome,
+        DeviceOutcome::Updated
     );
 }

@@ -2,13 +2,13 @@
 //! rollouts and tokens. Every call checks the caller's role first
 //! (see [`crate::auth`]); every write is flushed before it is acknowledged.
 
+use crate::sync::Recover as _;
 use std::sync::Arc;
 
-use aloft_protocol::payload::ChunkDecryptor;
 use aloft_protocol::pb::upload_release_request::Part;
 use aloft_protocol::pb::{self, admin_service_server::AdminService};
-use aloft_protocol::trust::VerifiedTrustRoot;
-use aloft_protocol::{ContentKey, DeviceId, Digest, PublicKey, ReleaseId, Version};
+use aloft_protocol::trust::{TrustChain, VerifiedTrustRoot};
+use aloft_protocol::{ContentKey, DeviceId, Digest, ReleaseId};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -16,10 +16,11 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::Shared;
 use crate::auth::{Role, token_info};
+use crate::payloads::{PayloadWriter, UploadId};
 use crate::rollouts::{RolloutEvent, device_view};
 use crate::session::CloseReason;
-use crate::store::{DeviceRecord, ReleaseRecord, UploadId};
-use crate::tracking::{self, set_status};
+use crate::store::{DeviceRecord, ReleaseRecord};
+use crate::tracking::{self, EventKind, set_status};
 
 /// The tonic `AdminService` implementation.
 pub(crate) struct AdminSvc {
@@ -39,7 +40,7 @@ impl AdminSvc {
     }
 
     async fn flush(&self) -> Result<(), Status> {
-        self.shared.store.flush().await.map_err(Status::from)
+        self.shared.flush().await.map_err(Status::from)
     }
 
     fn event(
@@ -47,7 +48,7 @@ impl AdminSvc {
         device: &str,
         release: &str,
         rollout: &str,
-        kind: &str,
+        kind: EventKind,
         detail: String,
     ) -> Result<(), Status> {
         self.shared
@@ -93,25 +94,68 @@ impl AdminSvc {
             .shared
             .trust
             .read()
-            .expect("trust lock")
+            .recover()
             .as_ref()
-            .map(|t| t.envelope.clone());
+            .map(|t| t.latest().envelope().clone());
+        let keys = &self.shared.keys;
         pb::ServerInfo {
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            server_public_key: self
-                .shared
-                .keys
-                .directive_key
+            server_public_key: keys
+                .directive_key()
                 .public_key()
                 .to_sec1_compressed()
                 .to_vec(),
             trust_root: trust,
             server_time: self.now(),
+            next_server_public_key: keys
+                .next_public_key()
+                .map(|k| k.to_sec1_compressed().to_vec())
+                .unwrap_or_default(),
+            caller_role: pb::Role::Unspecified as i32,
+            caller_token_id: String::new(),
         }
     }
 }
 
-fn device_id(s: &str) -> Result<DeviceId, Status> {
+/// Key ids of the release keys, of any root in `chain`, whose signature on
+/// `manifest` verifies (each once, at most `MAX_SIGNATURES` examined).
+fn release_signers(
+    manifest: Option<&pb::SignedEnvelope>,
+    chain: Option<&TrustChain>,
+) -> Vec<Vec<u8>> {
+    let (Some(manifest), Some(chain)) = (manifest, chain) else {
+        return Vec::new();
+    };
+    let mut signers: Vec<Vec<u8>> = Vec::new();
+    for sig in manifest
+        .signatures
+        .iter()
+        .take(aloft_protocol::limits::MAX_SIGNATURES)
+    {
+        let Ok(signature) = aloft_protocol::Signature::from_slice(&sig.signature) else {
+            continue;
+        };
+        let valid = chain
+            .roots()
+            .iter()
+            .flat_map(|root| root.release_keys())
+            .find(|key| key.key_id().as_bytes()[..] == sig.key_id[..])
+            .is_some_and(|key| {
+                key.verify(
+                    aloft_protocol::keys::Domain::ReleaseManifest,
+                    &manifest.payload,
+                    &signature,
+                )
+                .is_ok()
+            });
+        if valid && !signers.contains(&sig.key_id) {
+            signers.push(sig.key_id.clone());
+        }
+    }
+    signers
+}
+
+pub(crate) fn device_id(s: &str) -> Result<DeviceId, Status> {
     DeviceId::new(s)
         .map_err(|e| Status::invalid_argument(format!("{e}: {s:?} (1-64 of A-Z a-z 0-9 . _ : -)")))
 }
@@ -124,7 +168,7 @@ fn release_id(s: &str) -> Result<ReleaseId, Status> {
 const MAX_ATTR_LEN: usize = 64;
 const MAX_TAGS: usize = 32;
 
-fn validate_attributes(
+pub(crate) fn validate_attributes(
     attrs: Option<pb::DeviceAttributes>,
 ) -> Result<pb::DeviceAttributes, Status> {
     let attrs = attrs.ok_or_else(|| Status::invalid_argument("device attributes are required"))?;
@@ -167,24 +211,25 @@ impl Drop for UploadGuard<'_> {
         self.shared
             .uploads_in_progress
             .lock()
-            .expect("uploads lock")
+            .recover()
             .remove(&self.id);
     }
 }
 
-/// Receives the payload of an upload into chunk records, checking every
-/// chunk decrypts under the content key and the image matches the manifest.
+/// Receives the payload of an upload into its object, checking every
+/// chunk opens (decrypts under the content key, or proves its place under
+/// a signature-only manifest's root) and the image matches the manifest.
+/// `key` is `None` exactly for a signature-only release.
 async fn receive_payload(
-    shared: &Shared,
     stream: &mut Streaming<pb::UploadReleaseRequest>,
-    upload: UploadId,
-    key: &ContentKey,
+    writer: &mut PayloadWriter,
+    key: Option<&ContentKey>,
     manifest: &aloft_protocol::trust::VerifiedManifest,
 ) -> Result<u32, Status> {
-    let params = manifest.payload_params();
+    let params = manifest.payload_layout();
     let expected = params.payload_len();
     let count = params.chunk_count();
-    let mut decryptor = ChunkDecryptor::new(key, params, 0)
+    let mut decryptor = aloft_protocol::signed_chunks::PayloadOpener::new(key, &params)
         .map_err(|e| Status::invalid_argument(format!("payload refused: {e}")))?;
     let mut hasher = Sha256::new();
     let mut buf: Vec<u8> = Vec::new();
@@ -213,10 +258,15 @@ async fn receive_payload(
             buf.extend_from_slice(&rest[..take]);
             rest = &rest[take..];
             if buf.len() == chunk_len {
-                shared.store.put_chunk(upload, index, &buf)?;
-                let plain = decryptor.decrypt_next(&mut buf).map_err(|e| {
+                writer.write(&buf).await?;
+                let plain = decryptor.open(&mut buf).map_err(|e| {
                     Status::invalid_argument(format!(
-                        "payload refused: {e} (not encrypted with this content key for this manifest)"
+                        "payload refused: {e} ({})",
+                        if key.is_some() {
+                            "not encrypted with this content key for this manifest"
+                        } else {
+                            "not the signature-only payload of this manifest"
+                        }
                     ))
                 })?;
                 hasher.update(plain);
@@ -231,7 +281,7 @@ async fn receive_payload(
         )));
     }
     let digest = Digest::from_bytes(hasher.finalize().into());
-    if digest != manifest.image_digest {
+    if digest != manifest.image_digest() {
         return Err(Status::invalid_argument(
             "decrypted image does not match the manifest's digest",
         ));
@@ -242,13 +292,64 @@ async fn receive_payload(
 #[tonic::async_trait]
 impl AdminService for AdminSvc {
     type WatchEventsStream = ReceiverStream<Result<pb::Event, Status>>;
+    type BackupStream = crate::ops_service::BackupStream;
+
+    // Operating the server: see `crate::ops_service` (admin role).
+    async fn add_webhook(
+        &self,
+        request: Request<pb::AddWebhookRequest>,
+    ) -> Result<Response<pb::Webhook>, Status> {
+        crate::ops_service::add_webhook(&self.shared, request).await
+    }
+
+    async fn list_webhooks(
+        &self,
+        request: Request<pb::ListWebhooksRequest>,
+    ) -> Result<Response<pb::ListWebhooksResponse>, Status> {
+        crate::ops_service::list_webhooks(&self.shared, request).await
+    }
+
+    async fn remove_webhook(
+        &self,
+        request: Request<pb::RemoveWebhookRequest>,
+    ) -> Result<Response<pb::Webhook>, Status> {
+        crate::ops_service::remove_webhook(&self.shared, request).await
+    }
+
+    async fn test_webhook(
+        &self,
+        request: Request<pb::TestWebhookRequest>,
+    ) -> Result<Response<pb::TestWebhookResponse>, Status> {
+        crate::ops_service::test_webhook(&self.shared, request).await
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        crate::ops_service::list_audit(&self.shared, request).await
+    }
+
+    async fn backup(
+        &self,
+        request: Request<pb::BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        crate::ops_service::backup(&self.shared, request).await
+    }
 
     async fn get_server_info(
         &self,
         request: Request<pb::GetServerInfoRequest>,
     ) -> Result<Response<pb::ServerInfo>, Status> {
-        self.require(&request, Role::Viewer)?;
-        Ok(Response::new(self.server_info()))
+        // A factory station reads the TrustRoot for its device templates.
+        let caller = self
+            .shared
+            .auth
+            .require_or_factory(request.metadata(), Role::Viewer)?;
+        let mut info = self.server_info();
+        info.caller_role = caller.role.to_pb() as i32;
+        info.caller_token_id = caller.token_id;
+        Ok(Response::new(info))
     }
 
     async fn set_trust_root(
@@ -260,84 +361,143 @@ impl AdminService for AdminSvc {
             .into_inner()
             .trust_root
             .ok_or_else(|| Status::invalid_argument("trust_root is required"))?;
-        let current = self.shared.trust.read().expect("trust lock").clone();
         let t = self.shared.now();
-        let next = match &current {
-            None => VerifiedTrustRoot::from_initial(&envelope, t),
-            Some(cur) => cur.rotate(&envelope, t),
+        let mut chain = self.shared.trust.read().recover().clone();
+        let next = match &mut chain {
+            None => VerifiedTrustRoot::trust_on_first_use(&envelope, t)
+                .map(|root| {
+                    let first = TrustChain::new(root);
+                    chain = Some(first);
+                })
+                .map_err(|e| {
+                    Status::invalid_argument(format!(
+                        "TrustRoot refused: {e} (the first TrustRoot must be signed by its own root threshold and not expired)"
+                    ))
+                }),
+            Some(c) => c.push(&envelope, t).map_err(|e| {
+                let latest = c.latest();
+                Status::invalid_argument(format!(
+                    "TrustRoot refused: {e} (a rotation must be version {} and signed by the root threshold of version {} and by its own; the current root may have expired, the new one must not)",
+                    latest.version().saturating_add(1),
+                    latest.version()
+                ))
+            }),
+        };
+        next?;
+        let chain = chain.expect("a chain after a successful install");
+        let next = chain.latest().clone();
+        let record = pb::TrustRootRecord {
+            trust_root: Some(next.envelope().clone()),
+            installed_at: t.0,
+        };
+        if !self
+            .shared
+            .store
+            .append_trust_root(next.version(), &record)?
+        {
+            return Err(Status::aborted(format!(
+                "TrustRoot version {} was installed concurrently; read it with GetTrustRootHistory and retry",
+                next.version()
+            )));
         }
-        .map_err(|e| {
-            let how = if current.is_some() {
-                "a rotation must be version + 1 and signed by the current root threshold and its own"
-            } else {
-                "the first TrustRoot must be signed by its own root threshold"
-            };
-            Status::invalid_argument(format!("TrustRoot refused: {e} ({how})"))
-        })?;
-        let me = self.shared.keys.directive_key.public_key();
-        if !next.server_keys.contains(&me) {
-            tracing::warn!(key_id = %me.key_id(), "the new TrustRoot does not list this server's key: devices will refuse its directives");
+        let switched = self
+            .shared
+            .keys
+            .adopt_listed(&next)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let me = self.shared.keys.directive_key().public_key();
+        if !next.server_keys().contains(&me) {
+            tracing::warn!(key_id = %me.key_id(), "the new TrustRoot does not list this server's directive key: devices will refuse its directives");
         }
-        self.shared.store.set_trust_root(&next.envelope)?;
-        self.event(
-            "",
-            "",
-            "",
-            "trust_root",
-            format!("version {}", next.version),
-        )?;
+        let mut detail = format!("version {}", next.version());
+        if switched {
+            detail.push_str(&format!(", directive key now {}", me.key_id()));
+        }
+        self.event("", "", "", EventKind::TrustRoot, detail)?;
         self.flush().await?;
-        *self.shared.trust.write().expect("trust lock") = Some(next);
+        *self.shared.trust.write().recover() = Some(chain);
         Ok(Response::new(self.server_info()))
+    }
+
+    async fn get_trust_root_history(
+        &self,
+        request: Request<pb::GetTrustRootHistoryRequest>,
+    ) -> Result<Response<pb::TrustRootHistory>, Status> {
+        self.require(&request, Role::Viewer)?;
+        Ok(Response::new(pb::TrustRootHistory {
+            roots: self.shared.store.trust_chain()?,
+        }))
     }
 
     async fn register_device(
         &self,
         request: Request<pb::RegisterDeviceRequest>,
     ) -> Result<Response<pb::DeviceInfo>, Status> {
-        self.require(&request, Role::Operator)?;
-        let req = request.into_inner();
-        let id = device_id(&req.device_id)?;
-        let key = PublicKey::from_sec1(&req.public_key)
-            .map_err(|e| Status::invalid_argument(format!("device public key: {e}")))?;
-        let attrs = validate_attributes(req.attributes)?;
-        let version = Version::parse(&req.factory_version).map_err(|_| {
-            Status::invalid_argument(format!(
-                "factory version {:?} is not MAJOR.MINOR.PATCH",
-                req.factory_version
-            ))
-        })?;
-        let record = DeviceRecord {
-            device_id: id.as_str().to_owned(),
-            public_key: key.to_sec1_compressed().to_vec(),
-            attributes: Some(attrs),
-            status: pb::DeviceStatus::Registered as i32,
-            status_seq: 1,
-            firmware_version: version.to_string(),
-            registered_at: self.now(),
-            ..Default::default()
-        };
-        if !self.shared.store.insert_device(&record)? {
-            return Err(Status::already_exists(format!(
-                "device {id} is already registered"
-            )));
-        }
-        self.event(id.as_str(), "", "", "registered", String::new())?;
-        self.flush().await?;
+        let caller = self
+            .shared
+            .auth
+            .require_or_factory(request.metadata(), Role::Operator)?;
+        let record =
+            crate::registration::register(&self.shared, &caller, request.into_inner()).await?;
         Ok(Response::new(self.device_info(record)))
+    }
+
+    async fn import_devices(
+        &self,
+        request: Request<Streaming<pb::ImportDevicesRequest>>,
+    ) -> Result<Response<pb::ImportDevicesResponse>, Status> {
+        let caller = self
+            .shared
+            .auth
+            .require_or_factory(request.metadata(), Role::Operator)?;
+        let response =
+            crate::registration::import(&self.shared, &caller, request.into_inner()).await?;
+        Ok(Response::new(response))
+    }
+
+    async fn wait_device(
+        &self,
+        request: Request<pb::WaitDeviceRequest>,
+    ) -> Result<Response<pb::DeviceInfo>, Status> {
+        let caller = self
+            .shared
+            .auth
+            .require_or_factory(request.metadata(), Role::Viewer)?;
+        let record = crate::wait::wait(&self.shared, &caller, request.into_inner()).await?;
+        Ok(Response::new(self.device_info(record)))
+    }
+
+    async fn set_product(
+        &self,
+        request: Request<pb::SetProductRequest>,
+    ) -> Result<Response<pb::ProductInfo>, Status> {
+        self.require(&request, Role::Operator)?;
+        // Recorded by the audit log like every admin call; no device event.
+        let info = crate::products::set(&self.shared, request.into_inner())?;
+        self.flush().await?;
+        Ok(Response::new(info))
+    }
+
+    async fn list_products(
+        &self,
+        request: Request<pb::ListProductsRequest>,
+    ) -> Result<Response<pb::ListProductsResponse>, Status> {
+        self.require(&request, Role::Viewer)?;
+        Ok(Response::new(pb::ListProductsResponse {
+            products: self.shared.store.list_products()?,
+        }))
     }
 
     async fn get_device(
         &self,
         request: Request<pb::GetDeviceRequest>,
     ) -> Result<Response<pb::DeviceInfo>, Status> {
-        self.require(&request, Role::Viewer)?;
-        let id = device_id(&request.get_ref().device_id)?;
-        let record = self
+        let caller = self
             .shared
-            .store
-            .device(&id)?
-            .ok_or_else(|| Status::not_found(format!("no device {id}")))?;
+            .auth
+            .require_or_factory(request.metadata(), Role::Viewer)?;
+        let id = device_id(&request.get_ref().device_id)?;
+        let record = crate::wait::readable(&self.shared, &caller, &id)?;
         Ok(Response::new(self.device_info(record)))
     }
 
@@ -359,6 +519,7 @@ impl AdminService for AdminSvc {
             n => n.min(1000) as usize,
         };
         let cutoff = self.now().saturating_sub(req.stale_secs);
+        let trust_horizon = self.now().saturating_add(req.trust_expires_within_secs);
         let devices = self
             .shared
             .store
@@ -366,6 +527,9 @@ impl AdminService for AdminSvc {
                 device_view(d, &d.firmware_version).is_some_and(|v| selector.matches(&v))
                     && (req.stale_secs == 0 || d.last_seen <= cutoff)
                     && (!req.suspected_broken || self.classify(d).suspected_broken.is_some())
+                    && (req.trust_expires_within_secs == 0
+                        || d.trust_root_expired
+                        || (d.trust_root_version != 0 && d.trust_root_expires_at <= trust_horizon))
             })?;
         let next_after = if devices.len() == limit {
             devices
@@ -398,7 +562,7 @@ impl AdminService for AdminSvc {
                 true
             })?
             .ok_or_else(|| Status::not_found(format!("no device {id}")))?;
-        self.event(id.as_str(), "", "", "updated", String::new())?;
+        self.event(id.as_str(), "", "", EventKind::Updated, String::new())?;
         self.flush().await?;
         Ok(Response::new(self.device_info(record)))
     }
@@ -422,7 +586,7 @@ impl AdminService for AdminSvc {
                 true
             })?
             .ok_or_else(|| Status::not_found(format!("no device {id}")))?;
-        self.event(id.as_str(), "", "", "revoked", String::new())?;
+        self.event(id.as_str(), "", "", EventKind::Revoked, String::new())?;
         self.flush().await?;
         self.shared.sessions.close(&id, CloseReason::Revoked);
         Ok(Response::new(self.device_info(record)))
@@ -461,21 +625,37 @@ impl AdminService for AdminSvc {
                 ));
             }
         };
-        let trust = shared.trust.read().expect("trust lock").clone().ok_or_else(|| {
-            Status::failed_precondition(
-                "no TrustRoot installed: an admin must install one with SetTrustRoot (e.g. `aloft trust set FILE`) before releases can be uploaded",
-            )
-        })?;
+        let trust = shared
+            .trust
+            .read()
+            .recover()
+            .as_ref()
+            .map(|c| c.latest().clone())
+            .ok_or_else(|| {
+                Status::failed_precondition(
+                    "no TrustRoot installed: an admin must install one with SetTrustRoot (e.g. `aloft trust-root set FILE`) before releases can be uploaded",
+                )
+            })?;
         let envelope = header
             .manifest
             .ok_or_else(|| Status::invalid_argument("upload header has no manifest"))?;
         let manifest = trust
             .verify_manifest(&envelope, self.shared.now())
             .map_err(|e| Status::invalid_argument(format!("manifest refused: {e}")))?;
-        let key = ContentKey::from_slice(&header.content_key)
-            .map_err(|_| Status::invalid_argument("content key must be 32 bytes"))?;
-        let params = manifest.payload_params();
-        let expected = params.payload_len();
+        crate::products::check_release(shared, manifest.product(), manifest.payload_encoding())?;
+        let key = match (manifest.is_signature_only(), header.content_key.is_empty()) {
+            (true, true) => None,
+            (true, false) => {
+                return Err(Status::invalid_argument(
+                    "a signature-only release has no content key: send none",
+                ));
+            }
+            (false, _) => Some(
+                ContentKey::from_slice(&header.content_key)
+                    .map_err(|_| Status::invalid_argument("content key must be 32 bytes"))?,
+            ),
+        };
+        let expected = manifest.payload_layout().payload_len();
         if header.payload_len != expected {
             return Err(Status::invalid_argument(format!(
                 "payload_len {} does not match the manifest's payload length {expected}",
@@ -488,7 +668,7 @@ impl AdminService for AdminSvc {
                 shared.limits.max_payload_len
             )));
         }
-        let id = manifest.release_id.clone();
+        let id = manifest.release_id().clone();
         if shared.store.release(&id)?.is_some() {
             return Err(Status::already_exists(format!(
                 "release {id} already exists"
@@ -497,7 +677,7 @@ impl AdminService for AdminSvc {
         if !shared
             .uploads_in_progress
             .lock()
-            .expect("uploads lock")
+            .recover()
             .insert(id.as_str().to_owned())
         {
             return Err(Status::already_exists(format!(
@@ -508,36 +688,55 @@ impl AdminService for AdminSvc {
             shared,
             id: id.as_str().to_owned(),
         };
-        let upload = shared.store.new_upload()?;
-        let chunk_count = match receive_payload(shared, &mut stream, upload, &key, &manifest).await
-        {
-            Ok(n) => n,
-            Err(status) => {
-                shared.store.discard_upload(upload)?;
-                return Err(status);
-            }
-        };
+        let upload = UploadId::random();
+        let mut writer = shared.payloads.create(&id, upload).await?;
+        let chunk_count =
+            match receive_payload(&mut stream, &mut writer, key.as_ref(), &manifest).await {
+                Ok(n) => n,
+                Err(status) => {
+                    writer.abort().await;
+                    return Err(status);
+                }
+            };
+        // The object is complete and durable before its release is
+        // published: a release row always has its payload.
+        let object = writer.finish().await?;
+        crate::payloads::failpoint("upload-before-commit");
         let info = pb::ReleaseInfo {
             release_id: id.as_str().to_owned(),
-            product: manifest.product.clone(),
-            hardware: manifest.hardware.clone(),
-            version: manifest.version.to_string(),
-            security_version: manifest.security_version.0,
-            image_len: manifest.image_len,
+            product: manifest.product().to_owned(),
+            hardware: manifest.hardware().to_vec(),
+            version: manifest.version().to_string(),
+            security_version: manifest.security_version().0,
+            image_len: manifest.image_len(),
             payload_len: expected,
-            manifest_digest: manifest.digest.as_bytes().to_vec(),
-            expires_at: manifest.expires_at.0,
+            manifest_digest: manifest.digest().as_bytes().to_vec(),
+            expires_at: manifest.expires_at().0,
+            payload_encoding: manifest.payload_encoding() as i32,
             uploaded_at: self.now(),
+            // Computed when served (ListReleases).
+            signer_key_ids: Vec::new(),
         };
         let record = ReleaseRecord {
             info: Some(info.clone()),
             manifest: Some(envelope),
-            sealed_content_key: shared.keys.kek.seal(&id, &key),
+            // A signature-only release has no key to keep.
+            sealed_content_key: key
+                .as_ref()
+                .map(|key| shared.keys.kek.seal(&id, key))
+                .unwrap_or_default(),
             upload_id: upload.0,
             chunk_count,
         };
-        if !shared.store.commit_release(&id, &record)? {
-            shared.store.discard_upload(upload)?;
+        let committed = match shared.store.commit_release(&id, &record) {
+            Ok(c) => c,
+            Err(e) => {
+                shared.payloads.discard(&object).await;
+                return Err(e.into());
+            }
+        };
+        if !committed {
+            shared.payloads.discard(&object).await;
             return Err(Status::already_exists(format!(
                 "release {id} already exists"
             )));
@@ -546,7 +745,7 @@ impl AdminService for AdminSvc {
             "",
             id.as_str(),
             "",
-            "release_uploaded",
+            EventKind::ReleaseUploaded,
             info.version.clone(),
         )?;
         self.flush().await?;
@@ -559,12 +758,17 @@ impl AdminService for AdminSvc {
         request: Request<pb::ListReleasesRequest>,
     ) -> Result<Response<pb::ListReleasesResponse>, Status> {
         self.require(&request, Role::Viewer)?;
+        let chain = self.shared.trust.read().recover().clone();
         let releases = self
             .shared
             .store
             .list_releases()?
             .into_iter()
-            .filter_map(|r| r.info)
+            .filter_map(|r| {
+                let mut info = r.info?;
+                info.signer_key_ids = release_signers(r.manifest.as_ref(), chain.as_ref());
+                Some(info)
+            })
             .collect();
         Ok(Response::new(pb::ListReleasesResponse { releases }))
     }
@@ -580,15 +784,32 @@ impl AdminService for AdminSvc {
             self.shared.store.release(&release)?.ok_or_else(|| {
                 Status::not_found(format!("no release {release}: upload it first"))
             })?;
-        let info = self
-            .shared
-            .rollouts
-            .create(req, &record, self.shared.now())?;
+        if let Some(info) = &record.info {
+            // The product's declaration may have changed since the upload.
+            crate::products::check_release(
+                &self.shared,
+                &info.product,
+                pb::PayloadEncoding::try_from(info.payload_encoding)
+                    .unwrap_or(pb::PayloadEncoding::Encrypted),
+            )?;
+        }
+        let (info, superseded) = if req.factory.is_some() {
+            self.shared
+                .rollouts
+                .create_factory(req, &record, self.shared.now())?
+        } else {
+            let info = self
+                .shared
+                .rollouts
+                .create(req, &record, self.shared.now())?;
+            (info, Vec::new())
+        };
+        self.rollout_events(&superseded)?;
         self.event(
             "",
             release.as_str(),
             &info.rollout_id,
-            "rollout_created",
+            EventKind::RolloutCreated,
             String::new(),
         )?;
         self.flush().await?;
@@ -675,8 +896,9 @@ impl AdminService for AdminSvc {
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
         self.require(&request, Role::Admin)?;
         let req = request.into_inner();
-        let role = Role::from_pb(req.role)
-            .ok_or_else(|| Status::invalid_argument("role must be viewer, operator or admin"))?;
+        let role = Role::from_pb(req.role).ok_or_else(|| {
+            Status::invalid_argument("role must be viewer, operator, admin or factory")
+        })?;
         if req.name.is_empty() || req.name.len() > 64 {
             return Err(Status::invalid_argument("token name must be 1 to 64 bytes"));
         }
@@ -685,7 +907,7 @@ impl AdminService for AdminSvc {
             "",
             "",
             "",
-            "token_created",
+            EventKind::TokenCreated,
             format!("{} ({:?})", record.token_id, role),
         )?;
         self.flush().await?;
@@ -721,8 +943,10 @@ impl AdminService for AdminSvc {
             .store
             .revoke_token(&id)?
             .ok_or_else(|| Status::not_found(format!("no token {id:?}")))?;
-        self.event("", "", "", "token_revoked", id)?;
+        self.event("", "", "", EventKind::TokenRevoked, id.clone())?;
         self.flush().await?;
+        // Streams the token opened end now, not at their next call.
+        self.shared.auth.revoked(&id);
         Ok(Response::new(token_info(&record)))
     }
 
@@ -730,9 +954,10 @@ impl AdminService for AdminSvc {
         &self,
         request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
-        self.require(&request, Role::Viewer)?;
+        let caller = self.shared.auth.require(request.metadata(), Role::Viewer)?;
         let rollout = request.into_inner().rollout_id;
         let mut events = self.shared.tracker.subscribe();
+        let mut revocations = self.shared.auth.revocations();
         let mut shutdown = self.shared.shutdown.clone();
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
@@ -740,6 +965,18 @@ impl AdminService for AdminSvc {
                 tokio::select! {
                     _ = crate::stopped(&mut shutdown) => return,
                     _ = tx.closed() => return,
+                    revoked = revocations.recv() => {
+                        // A missed announcement (lagged) may have been ours:
+                        // end the stream; a valid token just reconnects.
+                        if matches!(&revoked, Ok(id) if *id != caller.token_id) {
+                            continue;
+                        }
+                        let _ = tx.send(Err(Status::unauthenticated(format!(
+                            "operator token {} was revoked: this stream is closed",
+                            caller.token_id
+                        )))).await;
+                        return;
+                    }
                     event = events.recv() => match event {
                         Ok(e) => {
                             if (rollout.is_empty() || e.rollout_id == rollout) && tx.send(Ok(e)).await.is_err() {

@@ -19,6 +19,7 @@
 //! controlled it. Each rollout keeps its latest
 //! [`RolloutSettings::max_samples`].
 
+use crate::sync::Recover as _;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -32,6 +33,7 @@ use aloft_rollout::{
 use crate::store::{
     DeviceRecord, ReleaseRecord, RolloutDeviceRecord, RolloutRecord, Store, StoreError,
 };
+use crate::tracking::EventKind;
 
 /// Server-wide rollout settings.
 #[derive(Clone, Debug)]
@@ -112,6 +114,9 @@ pub enum RolloutError {
     /// A stored rollout does not rebuild.
     #[error("stored rollout {0} is corrupt: {1}")]
     Corrupt(String, aloft_rollout::Error),
+    /// A factory rollout request breaks a factory rule.
+    #[error(transparent)]
+    Factory(#[from] crate::factory::FactoryError),
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -157,9 +162,27 @@ impl From<RolloutError> for tonic::Status {
             }
             RolloutError::WrongState { .. } => tonic::Status::failed_precondition(m),
             RolloutError::Corrupt(..) => tonic::Status::internal(m),
+            RolloutError::Factory(crate::factory::FactoryError::Shape) => {
+                tonic::Status::invalid_argument(m)
+            }
+            RolloutError::Factory(_) => tonic::Status::failed_precondition(m),
             RolloutError::Store(e) => e.into(),
         }
     }
+}
+
+/// Why a directive no longer authorises a download.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DownloadRefusal {
+    /// The directive names a rollout this server does not have.
+    #[error("rollout {0} does not exist")]
+    UnknownRollout(String),
+    /// The rollout was cancelled after the offer.
+    #[error("rollout {0} was cancelled")]
+    Cancelled(String),
+    /// An operator excluded this device from the rollout.
+    #[error("this device was excluded from rollout {0}")]
+    Excluded(String),
 }
 
 /// What a check-in gets.
@@ -205,8 +228,8 @@ pub struct RolloutEvent {
     pub release: String,
     /// The device concerned, if any.
     pub device: String,
-    /// Event kind, e.g. `stage_advanced`, `rollout_paused`.
-    pub kind: &'static str,
+    /// What happened.
+    pub kind: EventKind,
     /// Detail, e.g. the pause reason.
     pub detail: String,
 }
@@ -272,6 +295,26 @@ impl Entry {
     fn compatible(&self, attrs: &pb::DeviceAttributes) -> bool {
         self.product == attrs.product && self.hardware.contains(&attrs.hardware)
     }
+
+    /// The factory rollout settings, if this is one.
+    fn factory(&self) -> Option<pb::FactoryRollout> {
+        self.record.request.as_ref().and_then(|r| r.factory)
+    }
+
+    /// Whether `device` may be consulted by this rollout at `now`: always
+    /// for an ordinary rollout; for a factory rollout only while the device
+    /// is at the factory ([`crate::factory::at_factory`]).
+    fn admits(&self, device: &DeviceRecord, now: UnixTime) -> bool {
+        self.factory()
+            .is_none_or(|f| crate::factory::at_factory(&f, device, now))
+    }
+
+    /// The rollout as the admin API shows it.
+    fn info(&self) -> pb::RolloutInfo {
+        let mut info = self.rollout.info();
+        info.factory = self.factory();
+        info
+    }
 }
 
 fn outcome_code(o: DeviceOutcome) -> u32 {
@@ -313,6 +356,7 @@ fn to_stored(r: &EngineDevice) -> RolloutDeviceRecord {
         rollbacks: r.rollbacks,
         failures: r.failures,
         last_error: r.last_error.clone(),
+        last_seen: r.last_seen.0,
     }
 }
 
@@ -322,6 +366,7 @@ fn from_stored(r: &RolloutDeviceRecord) -> Option<EngineDevice> {
         stage: r.stage.checked_sub(1).map(|s| s as usize),
         forced: r.forced,
         since: UnixTime(r.since),
+        last_seen: UnixTime(r.last_seen.max(r.since)),
         offers: r.offers,
         rollbacks: r.rollbacks,
         failures: r.failures,
@@ -356,22 +401,27 @@ fn spec_of(record: &RolloutRecord) -> Result<RolloutSpec, aloft_rollout::Error> 
     Ok(spec)
 }
 
-fn progress_of(record: &RolloutRecord) -> RolloutProgress {
+/// The stored progress; an unknown stored state refuses to load (fail
+/// closed: a rollout of unknown state never offers anything).
+fn progress_of(record: &RolloutRecord) -> Result<RolloutProgress, aloft_rollout::Error> {
     let state = match pb::RolloutState::try_from(record.state) {
+        Ok(pb::RolloutState::Active) => RolloutState::Active,
         Ok(pb::RolloutState::Paused) => RolloutState::Paused {
             reason: record.pause_reason.clone(),
         },
         Ok(pb::RolloutState::Cancelled) => RolloutState::Cancelled,
         Ok(pb::RolloutState::Completed) => RolloutState::Completed,
-        _ => RolloutState::Active,
+        Ok(pb::RolloutState::Unspecified) | Err(_) => {
+            return Err(aloft_rollout::Error::InvalidField("stored rollout state"));
+        }
     };
-    RolloutProgress {
+    Ok(RolloutProgress {
         state,
         current_stage: record.current_stage as usize,
         created_at: UnixTime(record.created_at),
         stage_started_at: UnixTime(record.stage_started_at),
         acknowledged: record.acknowledged,
-    }
+    })
 }
 
 /// What a device looks like to a rollout: its attributes and running version.
@@ -401,21 +451,26 @@ pub struct Rollouts {
 
 fn transition_event(e: &Entry, t: &Transition) -> RolloutEvent {
     let (device, kind, detail) = match t {
-        Transition::Paused { reason } => (String::new(), "rollout_paused", reason.clone()),
+        Transition::Paused { reason } => (String::new(), EventKind::RolloutPaused, reason.clone()),
         Transition::Advanced { to } => (
             String::new(),
-            "stage_advanced",
+            EventKind::StageAdvanced,
             stage_label(e.rollout.spec().stages.get(*to), *to),
         ),
         Transition::Silent(id) => (
             id.to_string(),
-            "device_silent",
+            EventKind::DeviceSilent,
             "installed, then silent: counted as failed".into(),
         ),
         Transition::OfferExpired(id) => (
             id.to_string(),
-            "offer_expired",
+            EventKind::OfferExpired,
             "no report in time: the offer was withdrawn".into(),
+        ),
+        Transition::Completed => (
+            String::new(),
+            EventKind::RolloutCompleted,
+            "every device finished and the last stage soaked".into(),
         ),
     };
     RolloutEvent {
@@ -458,7 +513,8 @@ impl Rollouts {
                     from_stored(&stored).ok_or(StoreError::Corrupt("rollout device outcome"))?;
                 devices.push((device, rec));
             }
-            let rollout = Rollout::restore(spec, progress_of(&record), devices).map_err(corrupt)?;
+            let progress = progress_of(&record).map_err(corrupt)?;
+            let rollout = Rollout::restore(spec, progress, devices).map_err(corrupt)?;
             let last_sample = store.rollout_samples(&id, 0, 1)?.pop();
             let samples = store.rollout_sample_count(&id)?;
             map.insert(
@@ -492,7 +548,58 @@ impl Rollouts {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.lock().recover()
+    }
+
+    /// Validates and stores a new factory rollout (see [`crate::factory`]):
+    /// its release must be newer than the product's current factory
+    /// rollout's, which it supersedes (cancelled, with an event) and whose
+    /// `registered_since` it inherits.
+    pub fn create_factory(
+        &self,
+        mut req: pb::CreateRolloutRequest,
+        release: &ReleaseRecord,
+        now: UnixTime,
+    ) -> Result<(pb::RolloutInfo, Vec<RolloutEvent>), RolloutError> {
+        let info = release.info.clone().unwrap_or_default();
+        let version = Version::parse(&info.version).map_err(|_| {
+            RolloutError::Invalid(aloft_rollout::Error::InvalidField("release version"))
+        })?;
+        // The product's factory rollouts still standing, newest release first.
+        let mut previous: Vec<(Version, String, u64)> = self
+            .lock()
+            .values()
+            .filter(|e| e.product == info.product && *e.rollout.state() != RolloutState::Cancelled)
+            .filter_map(|e| {
+                let f = e.factory()?;
+                Some((
+                    e.rollout.spec().target_version,
+                    e.id().to_owned(),
+                    f.registered_since,
+                ))
+            })
+            .collect();
+        previous.sort_by(|a, b| b.cmp(a));
+        if let Some((newest, id, _)) = previous.first()
+            && *newest >= version
+        {
+            return Err(crate::factory::FactoryError::NotNewer {
+                current: id.clone(),
+                product: info.product,
+                version: newest.to_string(),
+            }
+            .into());
+        }
+        let inherited = previous.first().map(|(_, _, since)| *since);
+        crate::factory::normalise(&mut req, inherited, now)?;
+        let out = self.create(req, release, now)?;
+        let mut events = Vec::new();
+        for (_, id, _) in previous {
+            let reason = format!("superseded by factory rollout {}", out.rollout_id);
+            let (_, cancelled) = self.control(&id, pb::RolloutAction::Cancel, &reason, now)?;
+            events.extend(cancelled);
+        }
+        Ok((out, events))
     }
 
     /// Validates and stores a new rollout.
@@ -539,7 +646,7 @@ impl Rollouts {
         if map.contains_key(&id) || !self.store.insert_rollout(entry.snapshot())? {
             return Err(RolloutError::Exists(id));
         }
-        let out = entry.rollout.info();
+        let out = entry.info();
         let e = map.entry(id).or_insert(entry);
         self.record_sample(e, now, true)?;
         drop(map);
@@ -551,7 +658,7 @@ impl Rollouts {
     pub fn get(&self, id: &str) -> Result<pb::RolloutInfo, RolloutError> {
         self.lock()
             .get(id)
-            .map(|e| e.rollout.info())
+            .map(Entry::info)
             .ok_or_else(|| RolloutError::UnknownRollout(id.to_owned()))
     }
 
@@ -597,20 +704,43 @@ impl Rollouts {
         Ok(true)
     }
 
-    /// Every rollout, by id.
-    pub fn list(&self) -> Vec<pb::RolloutInfo> {
-        self.lock().values().map(|e| e.rollout.info()).collect()
+    /// Whether a directive of `rollout` still authorises `device` to
+    /// download: the rollout exists, was not cancelled, and has not
+    /// excluded the device. A directive outside any rollout (empty id) is
+    /// authorised by itself.
+    pub fn download_allowed(
+        &self,
+        rollout: &str,
+        device: &DeviceId,
+    ) -> Result<(), DownloadRefusal> {
+        if rollout.is_empty() {
+            return Ok(());
+        }
+        let map = self.lock();
+        let e = map
+            .get(rollout)
+            .ok_or_else(|| DownloadRefusal::UnknownRollout(rollout.to_owned()))?;
+        if matches!(e.rollout.state(), RolloutState::Cancelled) {
+            return Err(DownloadRefusal::Cancelled(rollout.to_owned()));
+        }
+        if e.device(device)
+            .is_some_and(|d| d.outcome == DeviceOutcome::Excluded)
+        {
+            return Err(DownloadRefusal::Excluded(rollout.to_owned()));
+        }
+        Ok(())
     }
 
-    /// Devices offered and not finished, over all rollouts not ended.
+    /// Every rollout, by id.
+    pub fn list(&self) -> Vec<pb::RolloutInfo> {
+        self.lock().values().map(Entry::info).collect()
+    }
+
+    /// Devices offered and not finished, over all rollouts not cancelled (a
+    /// completed rollout still serves devices that show up late).
     fn in_flight(map: &BTreeMap<String, Entry>) -> u32 {
         map.values()
-            .filter(|e| {
-                matches!(
-                    e.rollout.state(),
-                    RolloutState::Active | RolloutState::Paused { .. }
-                )
-            })
+            .filter(|e| *e.rollout.state() != RolloutState::Cancelled)
             .map(|e| e.rollout.in_flight())
             .sum()
     }
@@ -636,22 +766,35 @@ impl Rollouts {
         };
         let mut order: Vec<(Version, String)> = map
             .values()
-            .filter(|e| e.compatible(&attrs) && e.rollout.spec().target_version > view.version)
+            .filter(|e| {
+                e.compatible(&attrs)
+                    && e.rollout.spec().target_version > view.version
+                    && e.admits(device, now)
+            })
             .map(|e| (e.rollout.spec().target_version, e.id().to_owned()))
             .collect();
         order.sort_by(|a, b| b.cmp(a));
+        // A device installing a release of a rollout it already runs (its
+        // trial) is consulted by no rollout below: tell those it is alive.
+        let ids: Vec<String> = map.keys().cloned().collect();
+        for id in ids {
+            let Some(e) = map.get_mut(&id) else { continue };
+            if e.rollout.spec().target_version <= view.version
+                && e.device(&view.id)
+                    .is_some_and(|r| r.outcome == DeviceOutcome::Installed)
+            {
+                e.rollout.begin();
+                e.rollout.seen(&view.id, now);
+                self.persist(e)?;
+            }
+        }
         let mut later: Option<UnixTime> = None;
         for (_, id) in order {
             let Some(e) = map.get_mut(&id) else { continue };
             let before = e.device(&view.id);
+            e.rollout.begin();
             let decision = e.rollout.decide(&view, now, global);
-            let after = e.device(&view.id);
-            if after != before
-                && let Some(rec) = &after
-            {
-                self.store
-                    .save_rollout(&id, None, &[(view.id.clone(), to_stored(rec))])?;
-            }
+            self.persist(e)?;
             match decision {
                 Decision::Offer { release } => {
                     let fresh = before
@@ -680,6 +823,39 @@ impl Rollouts {
         Ok(later.map_or(CheckIn::Nothing, CheckIn::Later))
     }
 
+    /// A device says it runs `running`, confirmed, while rollouts still
+    /// hold it as offered or installing that version: its confirmation was
+    /// lost (a server restored from a backup taken before the report, which
+    /// the device will not send again once acknowledged). Counts it as
+    /// updated in each such rollout, as its Confirmed report would have.
+    pub fn reconcile_confirmed(
+        &self,
+        device: &DeviceId,
+        running: &str,
+        now: UnixTime,
+    ) -> Result<Vec<RolloutEvent>, RolloutError> {
+        let Ok(running) = Version::parse(running) else {
+            return Ok(Vec::new());
+        };
+        let stale: Vec<String> = self
+            .lock()
+            .iter()
+            .filter(|(_, e)| {
+                e.rollout.spec().target_version == running
+                    && e.device(device).is_some_and(|r| {
+                        matches!(r.outcome, DeviceOutcome::Offered | DeviceOutcome::Installed)
+                    })
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut events = Vec::new();
+        for id in stale {
+            tracing::info!(device = %device, rollout = %id, version = %running, "device runs the rollout's version, confirmed, but its report is missing (restored store?): counted as updated");
+            events.extend(self.report(&id, device, Report::Updated, now)?);
+        }
+        Ok(events)
+    }
+
     /// Feeds a device report about a release of `rollout` to the engine.
     /// Reports from devices the rollout has no record of are ignored.
     pub fn report(
@@ -693,38 +869,65 @@ impl Rollouts {
         let Some(e) = map.get_mut(rollout) else {
             return Ok(Vec::new());
         };
-        let before = e.rollout.progress();
+        e.rollout.begin();
         let transitions = match e.rollout.report(device, report, now) {
             Ok(t) => t,
-            Err(aloft_rollout::Error::UnknownDevice(_)) => return Ok(Vec::new()),
-            Err(err) => return Err(RolloutError::engine(rollout, err)),
+            Err(aloft_rollout::Error::UnknownDevice(_)) => {
+                e.rollout.commit();
+                return Ok(Vec::new());
+            }
+            Err(err) => {
+                e.rollout.rollback();
+                return Err(RolloutError::engine(rollout, err));
+            }
         };
-        let changed = e.rollout.progress() != before;
-        self.persist(e, before, vec![device.clone()])?;
+        let changed = e.rollout.progress_changed();
+        self.persist(e)?;
         if changed {
-            self.record_sample(e, now, true)?;
+            self.sample_if_due(e, now, true);
         }
         Ok(transitions.iter().map(|t| transition_event(e, t)).collect())
     }
 
-    /// Writes the rollout record when its progress changed, and `devices`' records.
-    fn persist(
-        &self,
-        e: &mut Entry,
-        before: RolloutProgress,
-        devices: Vec<DeviceId>,
-    ) -> Result<(), StoreError> {
-        let records: Vec<_> = devices
+    /// Writes what the engine's journaled operation changed: the rollout
+    /// record when its progress changed, and the changed devices' records,
+    /// in one store write. On failure the operation is undone, so memory
+    /// and store agree (and the caller refuses the operation).
+    fn persist(&self, e: &mut Entry) -> Result<(), StoreError> {
+        let records: Vec<_> = e
+            .rollout
+            .changed_devices()
             .into_iter()
             .filter_map(|id| e.device(&id).map(|r| (id, to_stored(&r))))
             .collect();
-        let changed = e.rollout.progress() != before;
+        let record = e.rollout.progress_changed().then(|| e.snapshot().clone());
         let id = e.id().to_owned();
-        let record = changed.then(|| e.snapshot().clone());
-        if record.is_some() || !records.is_empty() {
-            self.store.save_rollout(&id, record.as_ref(), &records)?;
+        let written = if record.is_some() || !records.is_empty() {
+            self.store.save_rollout(&id, record.as_ref(), &records)
+        } else {
+            Ok(())
+        };
+        match written {
+            Ok(()) => e.rollout.commit(),
+            Err(err) => {
+                e.rollout.rollback();
+                tracing::warn!(rollout = %id, error = %err, "rollout write failed; the operation was undone");
+                return Err(err);
+            }
         }
         Ok(())
+    }
+
+    /// Appends a due history sample; a failure is logged, never fatal (the
+    /// operation it follows is durable, the history only thinner).
+    fn sample_if_due(&self, e: &mut Entry, now: UnixTime, force: bool) -> bool {
+        match self.record_sample(e, now, force) {
+            Ok(appended) => appended,
+            Err(err) => {
+                tracing::warn!(rollout = %e.id(), error = %err, "could not store a rollout history sample");
+                false
+            }
+        }
     }
 
     /// Advances time for every rollout (silent devices, expired offers, the
@@ -734,32 +937,28 @@ impl Rollouts {
         let mut map = self.lock();
         let mut out = Tick::default();
         for e in map.values_mut() {
-            if !matches!(
-                e.rollout.state(),
-                RolloutState::Active | RolloutState::Paused { .. }
-            ) {
+            if *e.rollout.state() == RolloutState::Cancelled {
                 continue;
             }
-            let before = e.rollout.progress();
+            e.rollout.begin();
             let transitions = e.rollout.tick(now);
-            if !transitions.is_empty() {
-                let devices = transitions
-                    .iter()
-                    .filter_map(|t| match t {
-                        Transition::Silent(id) | Transition::OfferExpired(id) => Some(id.clone()),
-                        _ => None,
-                    })
-                    .collect();
-                self.persist(e, before, devices)?;
+            if transitions.is_empty() {
+                e.rollout.commit();
+            } else {
+                self.persist(e)?;
                 out.events
                     .extend(transitions.iter().map(|t| transition_event(e, t)));
             }
-            if self.record_sample(e, now, false)? {
+            if self.sample_if_due(e, now, false) {
                 out.samples += 1;
             }
         }
         drop(map);
-        if out.events.iter().any(|e| e.kind == "stage_advanced") {
+        if out
+            .events
+            .iter()
+            .any(|e| e.kind == EventKind::StageAdvanced)
+        {
             self.nudge();
         }
         Ok(out)
@@ -778,8 +977,41 @@ impl Rollouts {
         let e = map
             .get_mut(id)
             .ok_or_else(|| RolloutError::UnknownRollout(id.to_owned()))?;
-        let before = e.rollout.progress();
-        let mut devices = Vec::new();
+        e.rollout.begin();
+        let decided = Self::control_engine(e, id, action, reason, now);
+        let (kind, detail) = match decided {
+            Ok(kd) => kd,
+            Err(err) => {
+                e.rollout.rollback();
+                return Err(err);
+            }
+        };
+        self.persist(e)?;
+        self.sample_if_due(e, now, true);
+        let event = RolloutEvent {
+            rollout: id.to_owned(),
+            release: e.release().to_owned(),
+            device: String::new(),
+            kind,
+            detail,
+        };
+        let info = e.info();
+        drop(map);
+        if matches!(action, A::Resume | A::Advance | A::RetryFailed) {
+            self.nudge();
+        }
+        Ok((info, vec![event]))
+    }
+
+    /// The engine part of [`Rollouts::control`]: the event it makes.
+    fn control_engine(
+        e: &mut Entry,
+        id: &str,
+        action: pb::RolloutAction,
+        reason: &str,
+        now: UnixTime,
+    ) -> Result<(EventKind, String), RolloutError> {
+        use pb::RolloutAction as A;
         let engine =
             |r: Result<(), aloft_rollout::Error>| r.map_err(|x| RolloutError::engine(id, x));
         let (kind, detail) = match action {
@@ -789,24 +1021,27 @@ impl Rollouts {
                     RolloutState::Paused { reason } => reason.clone(),
                     _ => String::new(),
                 };
-                ("rollout_state", format!("paused: {reason}"))
+                (EventKind::RolloutState, format!("paused: {reason}"))
             }
             A::Resume => {
                 engine(e.rollout.resume())?;
-                ("rollout_state", with_reason("resumed", reason))
+                (EventKind::RolloutState, with_reason("resumed", reason))
             }
             A::Cancel => {
                 engine(e.rollout.cancel())?;
-                ("rollout_state", with_reason("cancelled", reason))
+                (EventKind::RolloutState, with_reason("cancelled", reason))
             }
             A::Advance => {
                 engine(e.rollout.advance(now))?;
                 if *e.rollout.state() == RolloutState::Completed {
-                    ("rollout_completed", "advanced past the last stage".into())
+                    (
+                        EventKind::RolloutCompleted,
+                        "advanced past the last stage".into(),
+                    )
                 } else {
                     let to = e.rollout.current_stage();
                     (
-                        "stage_advanced",
+                        EventKind::StageAdvanced,
                         format!(
                             "{} by operator",
                             stage_label(e.rollout.spec().stages.get(to), to)
@@ -825,14 +1060,11 @@ impl Rollouts {
                         state: e.rollout.state().name(),
                     });
                 }
-                devices = e
-                    .rollout
-                    .devices()
-                    .filter(|(_, r)| r.outcome.is_failure())
-                    .map(|(d, _)| d.clone())
-                    .collect();
                 let n = e.rollout.retry_failed(now);
-                ("retry_failed", format!("{n} devices back to pending"))
+                (
+                    EventKind::RetryFailed,
+                    format!("{n} devices back to pending"),
+                )
             }
             A::Unspecified => {
                 return Err(RolloutError::Invalid(aloft_rollout::Error::InvalidField(
@@ -840,21 +1072,7 @@ impl Rollouts {
                 )));
             }
         };
-        self.persist(e, before, devices)?;
-        self.record_sample(e, now, true)?;
-        let event = RolloutEvent {
-            rollout: id.to_owned(),
-            release: e.release().to_owned(),
-            device: String::new(),
-            kind,
-            detail,
-        };
-        let info = e.rollout.info();
-        drop(map);
-        if matches!(action, A::Resume | A::Advance | A::RetryFailed) {
-            self.nudge();
-        }
-        Ok((info, vec![event]))
+        Ok((kind, detail))
     }
 
     /// An operator action on one device of a rollout. The caller checks that
@@ -886,29 +1104,30 @@ impl Rollouts {
                 state: e.rollout.state().name(),
             });
         }
-        let before = e.rollout.progress();
+        if action == A::Unspecified {
+            return Err(RolloutError::Invalid(aloft_rollout::Error::InvalidField(
+                "device action (exclude, force or retry)",
+            )));
+        }
+        e.rollout.begin();
         let kind = match action {
             A::Exclude => {
                 e.rollout.exclude(device, now);
-                "device_excluded"
+                EventKind::DeviceExcluded
             }
             A::Force => {
                 e.rollout.force(device, now);
-                "device_forced"
+                EventKind::DeviceForced
             }
-            A::Retry => {
-                e.rollout
-                    .retry(device, now)
-                    .map_err(|x| RolloutError::engine(id, x))?;
-                "device_retried"
-            }
-            A::Unspecified => {
-                return Err(RolloutError::Invalid(aloft_rollout::Error::InvalidField(
-                    "device action (exclude, force or retry)",
-                )));
+            _ => {
+                if let Err(x) = e.rollout.retry(device, now) {
+                    e.rollout.rollback();
+                    return Err(RolloutError::engine(id, x));
+                }
+                EventKind::DeviceRetried
             }
         };
-        self.persist(e, before, vec![device.clone()])?;
+        self.persist(e)?;
         let event = RolloutEvent {
             rollout: id.to_owned(),
             release: e.release().to_owned(),
@@ -916,7 +1135,7 @@ impl Rollouts {
             kind,
             detail: String::new(),
         };
-        let info = e.rollout.info();
+        let info = e.info();
         drop(map);
         if matches!(action, A::Force | A::Retry) {
             self.nudge();

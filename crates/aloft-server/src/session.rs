@@ -7,6 +7,7 @@
 //! downloads. A stolen key can therefore not keep two sessions alive side by
 //! side, and a rebooted device never waits for a dead connection to time out.
 
+use crate::sync::Recover as _;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -79,7 +80,7 @@ impl SessionRegistry {
         let token_bytes = random::<32>();
         let token = hex(&token_bytes);
         let (close, closed) = oneshot::channel();
-        let mut inner = self.inner.lock().expect("session registry lock");
+        let mut inner = self.inner.lock().recover();
         inner.next_id += 1;
         let session_id = inner.next_id;
         let entry = Entry {
@@ -105,26 +106,22 @@ impl SessionRegistry {
 
     /// The device whose live session owns `token`.
     pub fn device_for_token(&self, token: &str) -> Option<DeviceId> {
-        self.inner
-            .lock()
-            .expect("session registry lock")
-            .by_token
-            .get(token)
-            .cloned()
+        self.inner.lock().recover().by_token.get(token).cloned()
+    }
+
+    /// How many devices have a live session.
+    pub fn connected(&self) -> usize {
+        self.inner.lock().recover().by_device.len()
     }
 
     /// Whether `device` has a live session.
     pub fn is_connected(&self, device: &DeviceId) -> bool {
-        self.inner
-            .lock()
-            .expect("session registry lock")
-            .by_device
-            .contains_key(device)
+        self.inner.lock().recover().by_device.contains_key(device)
     }
 
     /// Closes `device`'s session, if any.
     pub fn close(&self, device: &DeviceId, reason: CloseReason) {
-        let mut inner = self.inner.lock().expect("session registry lock");
+        let mut inner = self.inner.lock().recover();
         if let Some(old) = inner.by_device.remove(device) {
             inner.by_token.remove(&old.token);
             let _ = old.close.send(reason);
@@ -133,7 +130,7 @@ impl SessionRegistry {
 
     /// Closes every session.
     pub fn close_all(&self, reason: CloseReason) {
-        let mut inner = self.inner.lock().expect("session registry lock");
+        let mut inner = self.inner.lock().recover();
         inner.by_token.clear();
         for (_, entry) in inner.by_device.drain() {
             let _ = entry.close.send(reason);
@@ -143,7 +140,7 @@ impl SessionRegistry {
 
 impl Drop for SessionHandle {
     fn drop(&mut self) {
-        let mut inner = self.registry.inner.lock().expect("session registry lock");
+        let mut inner = self.registry.inner.lock().recover();
         if inner
             .by_device
             .get(&self.device)

@@ -55,10 +55,6 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// [`pb::DeviceInfo`] without the live `connected` flag).
 pub type DeviceRecord = pb::DeviceInfo;
 
-/// Identifies one upload's chunk records until its release is committed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct UploadId(pub u64);
-
 /// A device report's id (1 to 64 bytes, chosen by the device).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ReportId(Vec<u8>);
@@ -113,7 +109,7 @@ pub struct ReleaseRecord {
     /// Content key sealed under the KEK (see `keys::Kek`).
     #[prost(bytes = "vec", tag = "3")]
     pub sealed_content_key: Vec<u8>,
-    /// Upload whose chunk records hold the payload.
+    /// Names the payload object (see `crate::payloads::Payloads::location`).
     #[prost(uint64, tag = "4")]
     pub upload_id: u64,
     /// Number of payload chunks.
@@ -199,6 +195,9 @@ pub struct RolloutDeviceRecord {
     /// The last failure detail.
     #[prost(string, optional, tag = "8")]
     pub last_error: Option<String>,
+    /// Unix seconds of its last check-in while installing.
+    #[prost(uint64, tag = "9")]
+    pub last_seen: u64,
 }
 
 /// A directive the server issued: authorises the device to download the release.
@@ -223,10 +222,12 @@ pub struct DirectiveRecord {
 
 /// Typed persistence for the server. See the module docs.
 pub trait Store: Send + Sync + 'static {
-    /// The installed TrustRoot envelope, if any.
-    fn trust_root(&self) -> StoreResult<Option<pb::SignedEnvelope>>;
-    /// Replaces the TrustRoot envelope.
-    fn set_trust_root(&self, envelope: &pb::SignedEnvelope) -> StoreResult<()>;
+    /// Every TrustRoot accepted, oldest first (empty before the first).
+    fn trust_chain(&self) -> StoreResult<Vec<pb::TrustRootRecord>>;
+    /// Appends the next TrustRoot of the chain under `version`; false
+    /// (nothing written) if that version is already stored. Roots are never
+    /// replaced or removed: they anchor the chain devices walk.
+    fn append_trust_root(&self, version: u32, record: &pb::TrustRootRecord) -> StoreResult<bool>;
 
     /// Inserts a device; false (and nothing written) if the id exists.
     fn insert_device(&self, record: &DeviceRecord) -> StoreResult<bool>;
@@ -247,6 +248,20 @@ pub trait Store: Send + Sync + 'static {
         filter: &mut dyn FnMut(&DeviceRecord) -> bool,
     ) -> StoreResult<Vec<DeviceRecord>>;
 
+    /// Inserts every device of `records` or none of them: when one of the
+    /// ids is registered already, nothing is written and those ids are
+    /// returned (empty: all were inserted). The ids in `records` are
+    /// distinct (the caller checks).
+    fn insert_devices(&self, records: &[DeviceRecord]) -> StoreResult<Vec<DeviceId>>;
+
+    /// Creates or replaces a product's declaration (what its devices
+    /// install, whether its data is sensitive).
+    fn put_product(&self, record: &pb::ProductInfo) -> StoreResult<()>;
+    /// One product's declaration (`None`: never declared).
+    fn product(&self, product: &str) -> StoreResult<Option<pb::ProductInfo>>;
+    /// Every declared product, by name.
+    fn list_products(&self) -> StoreResult<Vec<pb::ProductInfo>>;
+
     /// Inserts an operator token.
     fn insert_token(&self, record: &TokenRecord) -> StoreResult<()>;
     /// The token whose secret hashes to `hash`.
@@ -256,24 +271,13 @@ pub trait Store: Send + Sync + 'static {
     /// All tokens.
     fn list_tokens(&self) -> StoreResult<Vec<TokenRecord>>;
 
-    /// Starts an upload: its chunks are invisible until committed.
-    fn new_upload(&self) -> StoreResult<UploadId>;
-    /// Stores chunk `index` of an upload.
-    fn put_chunk(&self, upload: UploadId, index: u32, data: &[u8]) -> StoreResult<()>;
-    /// Deletes an uncommitted upload's chunks.
-    fn discard_upload(&self, upload: UploadId) -> StoreResult<()>;
-    /// Publishes a release whose chunks were stored under `record.upload_id`;
-    /// false (nothing written) if the release id exists.
+    /// Publishes a release whose payload object is already stored (see
+    /// `crate::payloads`); false (nothing written) if the release id exists.
     fn commit_release(&self, id: &ReleaseId, record: &ReleaseRecord) -> StoreResult<bool>;
     /// One release.
     fn release(&self, id: &ReleaseId) -> StoreResult<Option<ReleaseRecord>>;
     /// All releases, by id.
     fn list_releases(&self) -> StoreResult<Vec<ReleaseRecord>>;
-    /// Chunk `index` of a committed or in-progress upload.
-    fn chunk(&self, upload: UploadId, index: u32) -> StoreResult<Option<Vec<u8>>>;
-    /// Deletes chunk records of uploads no committed release references
-    /// (left by a crash mid-upload); returns how many were removed.
-    fn sweep_orphan_chunks(&self) -> StoreResult<usize>;
 
     /// Inserts a rollout; false (nothing written) if the id exists.
     fn insert_rollout(&self, record: &RolloutRecord) -> StoreResult<bool>;
@@ -350,12 +354,17 @@ pub struct SledStore {
     flush_done: std::sync::atomic::AtomicU64,
     /// Held while a flush runs.
     flush_lock: tokio::sync::Mutex<()>,
-    meta: sled::Tree,
+    /// Every write holds it shared; a backup holds it exclusively while it
+    /// copies (see [`SledStore::pause_writes`]).
+    gate: std::sync::RwLock<()>,
+    /// Key: big-endian TrustRoot version.
+    trust_roots: sled::Tree,
     devices: sled::Tree,
+    /// Key: product name; value: `pb::ProductInfo`.
+    products: sled::Tree,
     tokens: sled::Tree,
     token_ids: sled::Tree,
     releases: sled::Tree,
-    chunks: sled::Tree,
     rollouts: sled::Tree,
     rollout_devices: sled::Tree,
     /// Key `rollout\0` + big-endian time + big-endian sequence.
@@ -365,8 +374,6 @@ pub struct SledStore {
     events: sled::Tree,
     device_events: sled::Tree,
 }
-
-const TRUST_ROOT_KEY: &[u8] = b"trust_root";
 
 fn decode<M: Message + Default>(bytes: &[u8], what: &'static str) -> StoreResult<M> {
     M::decode(bytes).map_err(|_| StoreError::Corrupt(what))
@@ -380,24 +387,17 @@ fn pair_key(a: &str, b: &[u8]) -> Vec<u8> {
     k
 }
 
-fn chunk_key(upload: UploadId, index: u32) -> [u8; 12] {
-    let mut k = [0u8; 12];
-    k[..8].copy_from_slice(&upload.0.to_be_bytes());
-    k[8..].copy_from_slice(&index.to_be_bytes());
-    k
-}
-
 impl SledStore {
     /// Opens (or creates) the database in directory `path`.
     pub fn open(path: &Path) -> StoreResult<Self> {
         let db = sled::Config::new().path(path).open()?;
         Ok(Self {
-            meta: db.open_tree("meta")?,
+            trust_roots: db.open_tree("trust_roots")?,
             devices: db.open_tree("devices")?,
+            products: db.open_tree("products")?,
             tokens: db.open_tree("tokens")?,
             token_ids: db.open_tree("token_ids")?,
             releases: db.open_tree("releases")?,
-            chunks: db.open_tree("chunks")?,
             rollouts: db.open_tree("rollout_records")?,
             rollout_devices: db.open_tree("rollout_devices")?,
             rollout_samples: db.open_tree("rollout_samples")?,
@@ -409,7 +409,29 @@ impl SledStore {
             flush_requested: Default::default(),
             flush_done: Default::default(),
             flush_lock: tokio::sync::Mutex::new(()),
+            gate: std::sync::RwLock::new(()),
         })
+    }
+
+    /// Taken by every write (shared).
+    pub(crate) fn gate(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.gate
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Holds every write of this store until dropped: sled 0.34.7 has no
+    /// point-in-time snapshot (its iterators see concurrent writes), so a
+    /// consistent backup copies while writes wait (`crate::ops_store`).
+    pub(crate) fn pause_writes(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.gate
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The sled database (for `crate::ops_store`, which keeps its own trees in it).
+    pub(crate) fn db(&self) -> &sled::Db {
+        &self.db
     }
 
     fn update_record<M: Message + Default>(
@@ -445,19 +467,21 @@ impl SledStore {
 }
 
 impl Store for SledStore {
-    fn trust_root(&self) -> StoreResult<Option<pb::SignedEnvelope>> {
-        self.meta
-            .get(TRUST_ROOT_KEY)?
-            .map(|v| decode(&v, "trust root"))
-            .transpose()
+    fn trust_chain(&self) -> StoreResult<Vec<pb::TrustRootRecord>> {
+        Self::all(&self.trust_roots, "trust root")
     }
 
-    fn set_trust_root(&self, envelope: &pb::SignedEnvelope) -> StoreResult<()> {
-        self.meta.insert(TRUST_ROOT_KEY, envelope.encode_to_vec())?;
-        Ok(())
+    fn append_trust_root(&self, version: u32, record: &pb::TrustRootRecord) -> StoreResult<bool> {
+        let _gate = self.gate();
+        Self::insert_new(
+            &self.trust_roots,
+            &version.to_be_bytes(),
+            record.encode_to_vec(),
+        )
     }
 
     fn insert_device(&self, record: &DeviceRecord) -> StoreResult<bool> {
+        let _gate = self.gate();
         Self::insert_new(
             &self.devices,
             record.device_id.as_bytes(),
@@ -477,6 +501,7 @@ impl Store for SledStore {
         id: &DeviceId,
         f: &mut dyn FnMut(&mut DeviceRecord) -> bool,
     ) -> StoreResult<Option<DeviceRecord>> {
+        let _gate = self.gate();
         Self::update_record(&self.devices, id.as_str().as_bytes(), "device", f)
     }
 
@@ -504,7 +529,48 @@ impl Store for SledStore {
         Ok(out)
     }
 
+    fn insert_devices(&self, records: &[DeviceRecord]) -> StoreResult<Vec<DeviceId>> {
+        let _gate = self.gate();
+        use sled::transaction::ConflictableTransactionError as Abort;
+        let existing = self.devices.transaction(|t| {
+            let mut existing = Vec::new();
+            for r in records {
+                if t.get(r.device_id.as_bytes())?.is_some() {
+                    let id = DeviceId::new(&r.device_id)
+                        .map_err(|_| Abort::Abort(StoreError::Corrupt("device id")))?;
+                    existing.push(id);
+                }
+            }
+            if existing.is_empty() {
+                for r in records {
+                    t.insert(r.device_id.as_bytes(), r.encode_to_vec())?;
+                }
+            }
+            Ok(existing)
+        })?;
+        Ok(existing)
+    }
+
+    fn put_product(&self, record: &pb::ProductInfo) -> StoreResult<()> {
+        let _gate = self.gate();
+        self.products
+            .insert(record.product.as_bytes(), record.encode_to_vec())?;
+        Ok(())
+    }
+
+    fn product(&self, product: &str) -> StoreResult<Option<pb::ProductInfo>> {
+        self.products
+            .get(product.as_bytes())?
+            .map(|v| decode(&v, "product"))
+            .transpose()
+    }
+
+    fn list_products(&self) -> StoreResult<Vec<pb::ProductInfo>> {
+        Self::all(&self.products, "product")
+    }
+
     fn insert_token(&self, record: &TokenRecord) -> StoreResult<()> {
+        let _gate = self.gate();
         self.tokens.insert(&record.hash, record.encode_to_vec())?;
         self.token_ids
             .insert(record.token_id.as_bytes(), record.hash.as_slice())?;
@@ -519,6 +585,7 @@ impl Store for SledStore {
     }
 
     fn revoke_token(&self, token_id: &str) -> StoreResult<Option<TokenRecord>> {
+        let _gate = self.gate();
         let Some(hash) = self.token_ids.get(token_id.as_bytes())? else {
             return Ok(None);
         };
@@ -535,23 +602,8 @@ impl Store for SledStore {
         Ok(tokens)
     }
 
-    fn new_upload(&self) -> StoreResult<UploadId> {
-        Ok(UploadId(self.db.generate_id()?))
-    }
-
-    fn put_chunk(&self, upload: UploadId, index: u32, data: &[u8]) -> StoreResult<()> {
-        self.chunks.insert(chunk_key(upload, index), data)?;
-        Ok(())
-    }
-
-    fn discard_upload(&self, upload: UploadId) -> StoreResult<()> {
-        for key in self.chunks.scan_prefix(upload.0.to_be_bytes()).keys() {
-            self.chunks.remove(key?)?;
-        }
-        Ok(())
-    }
-
     fn commit_release(&self, id: &ReleaseId, record: &ReleaseRecord) -> StoreResult<bool> {
+        let _gate = self.gate();
         Self::insert_new(
             &self.releases,
             id.as_str().as_bytes(),
@@ -570,33 +622,8 @@ impl Store for SledStore {
         Self::all(&self.releases, "release")
     }
 
-    fn chunk(&self, upload: UploadId, index: u32) -> StoreResult<Option<Vec<u8>>> {
-        Ok(self
-            .chunks
-            .get(chunk_key(upload, index))?
-            .map(|v| v.to_vec()))
-    }
-
-    fn sweep_orphan_chunks(&self) -> StoreResult<usize> {
-        let live: std::collections::HashSet<u64> =
-            self.list_releases()?.iter().map(|r| r.upload_id).collect();
-        let mut removed = 0;
-        for key in self.chunks.iter().keys() {
-            let key = key?;
-            let upload = u64::from_be_bytes(
-                key[..8]
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("chunk key"))?,
-            );
-            if !live.contains(&upload) {
-                self.chunks.remove(&key)?;
-                removed += 1;
-            }
-        }
-        Ok(removed)
-    }
-
     fn insert_rollout(&self, record: &RolloutRecord) -> StoreResult<bool> {
+        let _gate = self.gate();
         Self::insert_new(
             &self.rollouts,
             record.id().as_bytes(),
@@ -614,6 +641,7 @@ impl Store for SledStore {
         record: Option<&RolloutRecord>,
         devices: &[(DeviceId, RolloutDeviceRecord)],
     ) -> StoreResult<()> {
+        let _gate = self.gate();
         use sled::Transactional as _;
         // The common case, one device at a check-in: a plain insert. A sled
         // batch takes the tree's global write lock, which waits for the
@@ -667,6 +695,7 @@ impl Store for SledStore {
         sample: &pb::RolloutSample,
         drop_oldest: usize,
     ) -> StoreResult<()> {
+        let _gate = self.gate();
         let mut order = [0u8; 16];
         order[..8].copy_from_slice(&sample.time.to_be_bytes());
         order[8..].copy_from_slice(&self.db.generate_id()?.to_be_bytes());
@@ -719,6 +748,7 @@ impl Store for SledStore {
     }
 
     fn put_directive(&self, record: &DirectiveRecord) -> StoreResult<()> {
+        let _gate = self.gate();
         let key = pair_key(&record.device_id, record.release_id.as_bytes());
         self.directives.insert(key, record.encode_to_vec())?;
         Ok(())
@@ -743,12 +773,14 @@ impl Store for SledStore {
     }
 
     fn mark_report(&self, device: &DeviceId, report: &ReportId) -> StoreResult<()> {
+        let _gate = self.gate();
         self.reports
             .insert(pair_key(device.as_str(), report.as_bytes()), &[])?;
         Ok(())
     }
 
     fn append_event(&self, event: &mut pb::Event) -> StoreResult<()> {
+        let _gate = self.gate();
         // Start at 1 so that 0 keeps meaning "no event".
         event.seq = self.db.generate_id()? + 1;
         let seq = event.seq.to_be_bytes();

@@ -11,6 +11,7 @@
 //! - success (UPDATED) comes only from a CONFIRMED report;
 //! - each report id is processed once; re-sends are acknowledged again.
 
+use crate::sync::Recover as _;
 use std::sync::Arc;
 
 use aloft_protocol::{DeviceId, ReleaseId, UnixTime, pb};
@@ -32,6 +33,139 @@ fn rank(status: i32) -> u8 {
     }
 }
 
+/// What an event says happened. On the wire (`pb::Event.kind`) it is
+/// [`EventKind::as_str`]: stable snake_case words watchers filter on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EventKind {
+    /// A device was registered.
+    Registered,
+    /// A device's attributes were changed.
+    Updated,
+    /// A device was revoked.
+    Revoked,
+    /// A device connected (first time, or with news; routine check-ins are live-only).
+    Connected,
+    /// A device reported a new state in a heartbeat.
+    State,
+    /// A device was offered a release.
+    Offered,
+    /// A device installed a release and is rebooting into it.
+    Installed,
+    /// A device runs and confirmed a release.
+    Confirmed,
+    /// A device rolled back from a release.
+    RolledBack,
+    /// A device's install failed.
+    InstallFailed,
+    /// A TrustRoot was installed.
+    TrustRoot,
+    /// The TrustRoot successors a device lacked were sent (live-only).
+    TrustRootSent,
+    /// A device refused a TrustRoot chain.
+    TrustRootRefused,
+    /// An operator token was created.
+    TokenCreated,
+    /// An operator token was revoked.
+    TokenRevoked,
+    /// A release was uploaded.
+    ReleaseUploaded,
+    /// A rollout was created.
+    RolloutCreated,
+    /// An operator paused, resumed or cancelled a rollout.
+    RolloutState,
+    /// The health gate paused a rollout.
+    RolloutPaused,
+    /// A rollout's stage advanced.
+    StageAdvanced,
+    /// A rollout completed.
+    RolloutCompleted,
+    /// An operator retried a rollout's failed devices.
+    RetryFailed,
+    /// A device installed and then went silent.
+    DeviceSilent,
+    /// A device's offer expired.
+    OfferExpired,
+    /// An operator excluded a device from a rollout.
+    DeviceExcluded,
+    /// An operator forced a device in a rollout.
+    DeviceForced,
+    /// An operator retried a device in a rollout.
+    DeviceRetried,
+}
+
+impl EventKind {
+    /// Every kind (webhook filters are checked against it).
+    pub const ALL: [Self; 27] = [
+        Self::Registered,
+        Self::Updated,
+        Self::Revoked,
+        Self::Connected,
+        Self::State,
+        Self::Offered,
+        Self::Installed,
+        Self::Confirmed,
+        Self::RolledBack,
+        Self::InstallFailed,
+        Self::TrustRoot,
+        Self::TrustRootSent,
+        Self::TrustRootRefused,
+        Self::TokenCreated,
+        Self::TokenRevoked,
+        Self::ReleaseUploaded,
+        Self::RolloutCreated,
+        Self::RolloutState,
+        Self::RolloutPaused,
+        Self::StageAdvanced,
+        Self::RolloutCompleted,
+        Self::RetryFailed,
+        Self::DeviceSilent,
+        Self::OfferExpired,
+        Self::DeviceExcluded,
+        Self::DeviceForced,
+        Self::DeviceRetried,
+    ];
+
+    /// The wire word.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Registered => "registered",
+            Self::Updated => "updated",
+            Self::Revoked => "revoked",
+            Self::Connected => "connected",
+            Self::State => "state",
+            Self::Offered => "offered",
+            Self::Installed => "installed",
+            Self::Confirmed => "confirmed",
+            Self::RolledBack => "rolled_back",
+            Self::InstallFailed => "install_failed",
+            Self::TrustRoot => "trust_root",
+            Self::TrustRootSent => "trust_root_sent",
+            Self::TrustRootRefused => "trust_root_refused",
+            Self::TokenCreated => "token_created",
+            Self::TokenRevoked => "token_revoked",
+            Self::ReleaseUploaded => "release_uploaded",
+            Self::RolloutCreated => "rollout_created",
+            Self::RolloutState => "rollout_state",
+            Self::RolloutPaused => "rollout_paused",
+            Self::StageAdvanced => "stage_advanced",
+            Self::RolloutCompleted => "rollout_completed",
+            Self::RetryFailed => "retry_failed",
+            Self::DeviceSilent => "device_silent",
+            Self::OfferExpired => "offer_expired",
+            Self::DeviceExcluded => "device_excluded",
+            Self::DeviceForced => "device_forced",
+            Self::DeviceRetried => "device_retried",
+        }
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What happened to one report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReportOutcome {
@@ -44,11 +178,18 @@ pub enum ReportOutcome {
 }
 
 /// Applies device state and reports to the store and publishes events.
+///
+/// A stored event reaches live watchers only once it is durable: it waits in
+/// `pending` until the next flush that covers it ([`Tracker::take_pending`]
+/// before the flush, [`Tracker::publish_durable`] after), so a watcher never
+/// sees an event that a crash then erases. Live-only events
+/// ([`Tracker::publish`], `seq` 0) go out at once.
 #[derive(Clone)]
 pub struct Tracker {
     store: Arc<dyn Store>,
     events: broadcast::Sender<pb::Event>,
     clock: Arc<dyn Clock>,
+    pending: Arc<std::sync::Mutex<Vec<pb::Event>>>,
 }
 
 impl Tracker {
@@ -58,7 +199,28 @@ impl Tracker {
             store,
             events: broadcast::channel(capacity).0,
             clock,
+            pending: Arc::default(),
         }
+    }
+
+    /// The stored events a flush starting now will make durable.
+    pub fn take_pending(&self) -> Vec<pb::Event> {
+        std::mem::take(&mut *self.pending.lock().recover())
+    }
+
+    /// Publishes events a completed flush made durable (see
+    /// [`Tracker::take_pending`]).
+    pub fn publish_durable(&self, events: Vec<pb::Event>) {
+        for e in events {
+            let _ = self.events.send(e);
+        }
+    }
+
+    /// Puts back events whose flush failed: a later flush publishes them.
+    pub fn restore_pending(&self, mut events: Vec<pb::Event>) {
+        let mut pending = self.pending.lock().recover();
+        events.append(&mut pending);
+        *pending = events;
     }
 
     fn now(&self) -> u64 {
@@ -75,13 +237,13 @@ impl Tracker {
         self.events.subscribe()
     }
 
-    /// Stores an event and publishes it. The caller flushes.
+    /// Stores an event; it is published to watchers after the caller's flush.
     pub fn event(
         &self,
         device: &str,
         release: &str,
         rollout: &str,
-        kind: &str,
+        kind: EventKind,
         detail: String,
     ) -> Result<(), StoreError> {
         let mut event = pb::Event {
@@ -90,17 +252,19 @@ impl Tracker {
             device_id: device.to_owned(),
             rollout_id: rollout.to_owned(),
             release_id: release.to_owned(),
-            kind: kind.to_owned(),
+            kind: kind.as_str().to_owned(),
             detail,
         };
         self.store.append_event(&mut event)?;
-        let _ = self.events.send(event);
+        crate::audit::note_event(&event);
+        self.pending.lock().recover().push(event);
         Ok(())
     }
 
     /// Records a device's self-reported state and last-seen time. Returns
     /// whether this is news: its first connection, or a state (firmware
-    /// version, security version, slot) other than the stored one.
+    /// version, security version, slot, TrustRoot, server-clock
+    /// disagreement) other than the stored one.
     pub fn observe(
         &self,
         id: &DeviceId,
@@ -115,9 +279,16 @@ impl Tracker {
                 news |= d.firmware_version != s.firmware_version
                     || d.security_version != s.security_version
                     || d.active_slot != s.active_slot;
+                news |= d.trust_root_version != s.trust_root_version
+                    || d.trust_root_expired != s.trust_root_expired
+                    || d.server_clock_ahead_secs != s.server_clock_ahead_secs;
                 d.firmware_version.clone_from(&s.firmware_version);
                 d.security_version = s.security_version;
                 d.active_slot = s.active_slot;
+                d.trust_root_version = s.trust_root_version;
+                d.trust_root_expires_at = s.trust_root_expires_at;
+                d.trust_root_expired = s.trust_root_expired;
+                d.server_clock_ahead_secs = s.server_clock_ahead_secs;
             }
             if rank(d.status) == 0 && d.status != S::Idle as i32 {
                 set_status(d, S::Idle, seen);
@@ -131,12 +302,12 @@ impl Tracker {
     /// Publishes an event to live watchers without storing it (routine
     /// check-ins: storing one per check-in would grow the event log by the
     /// fleet size every check-in interval).
-    pub fn publish(&self, device: &str, kind: &str, detail: String) {
+    pub fn publish(&self, device: &str, kind: EventKind, detail: String) {
         let _ = self.events.send(pb::Event {
             seq: 0,
             time: self.now(),
             device_id: device.to_owned(),
-            kind: kind.to_owned(),
+            kind: kind.as_str().to_owned(),
             detail,
             ..Default::default()
         });
@@ -144,7 +315,7 @@ impl Tracker {
 
     /// Marks `release` offered to the device: always for a `fresh` offer (a
     /// retry after a failure starts over), otherwise unless its status for
-    /// that release is already further along.
+    /// that release is OFFERED, INSTALLED or UPDATED already.
     pub fn offered(
         &self,
         id: &DeviceId,
@@ -153,10 +324,18 @@ impl Tracker {
     ) -> Result<(), StoreError> {
         let now = self.now();
         self.store.update_device(id, &mut |d| {
-            if !fresh
-                && d.release_id == release.as_str()
-                && rank(d.status) >= rank(S::Offered as i32)
-            {
+            // A re-offer (the device reconnected while offered or installing)
+            // keeps its progress. A FAILED or ROLLED_BACK status for the same
+            // release is stale whenever the engine offers again (it does only
+            // after a retry), even when another session of the device took
+            // the fresh decision and has not written it yet: two sessions of
+            // one device (the newest wins) may decide concurrently, and both
+            // must end with OFFERED.
+            let in_progress = matches!(
+                S::try_from(d.status),
+                Ok(S::Offered | S::Installed | S::Updated)
+            );
+            if !fresh && d.release_id == release.as_str() && in_progress {
                 return false;
             }
             d.release_id = release.as_str().to_owned();
@@ -176,17 +355,33 @@ impl Tracker {
     ) -> Result<ReportOutcome, ReportError> {
         let report_id = ReportId::new(&report.report_id).ok_or(ReportError::BadId)?;
         let kind = pb::ReportKind::try_from(report.kind).unwrap_or(pb::ReportKind::Unspecified);
-        let (target, name) = match kind {
-            pb::ReportKind::Installed => (S::Installed, "installed"),
-            pb::ReportKind::Confirmed => (S::Updated, "confirmed"),
-            pb::ReportKind::RolledBack => (S::RolledBack, "rolled_back"),
-            pb::ReportKind::InstallFailed => (S::Failed, "install_failed"),
-            pb::ReportKind::Unspecified => return Err(ReportError::BadKind),
-        };
-        let release = ReleaseId::new(&report.release_id).map_err(|_| ReportError::BadRelease)?;
         if report.detail.len() > 1024 {
             return Err(ReportError::DetailTooLong);
         }
+        let (target, name) = match kind {
+            pb::ReportKind::Installed => (S::Installed, EventKind::Installed),
+            pb::ReportKind::Confirmed => (S::Updated, EventKind::Confirmed),
+            pb::ReportKind::RolledBack => (S::RolledBack, EventKind::RolledBack),
+            pb::ReportKind::InstallFailed => (S::Failed, EventKind::InstallFailed),
+            pb::ReportKind::TrustRootRefused => {
+                // About the device's trust, not a release: an event only.
+                if self.store.report_seen(id, &report_id)? {
+                    return Ok(ReportOutcome::Duplicate);
+                }
+                tracing::warn!(device = %id, detail = %report.detail, "device refused the TrustRoot chain");
+                self.event(
+                    id.as_str(),
+                    "",
+                    "",
+                    EventKind::TrustRootRefused,
+                    report.detail.clone(),
+                )?;
+                self.store.mark_report(id, &report_id)?;
+                return Ok(ReportOutcome::Recorded);
+            }
+            pb::ReportKind::Unspecified => return Err(ReportError::BadKind),
+        };
+        let release = ReleaseId::new(&report.release_id).map_err(|_| ReportError::BadRelease)?;
         if self.store.report_seen(id, &report_id)? {
             return Ok(ReportOutcome::Duplicate);
         }
@@ -284,5 +479,47 @@ impl From<ReportError> for tonic::Status {
             ReportError::Store(e) => e.into(),
             e => tonic::Status::invalid_argument(format!("report refused: {e}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::store::SledStore;
+
+    /// The flake of `exclude_force_retry_and_their_refusals`: after a retry,
+    /// the device's older session took the fresh decision and the newer one
+    /// re-offered (not fresh) and wrote first; the status stayed FAILED.
+    #[test]
+    fn a_re_offer_after_a_failure_moves_the_status_to_offered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let tracker = Tracker::new(store.clone(), 16, Arc::new(SystemClock));
+        let id = DeviceId::new("d1").unwrap();
+        let release = ReleaseId::new("r1").unwrap();
+        store
+            .insert_device(&DeviceRecord {
+                device_id: "d1".into(),
+                release_id: "r1".into(),
+                status: S::Failed as i32,
+                ..Default::default()
+            })
+            .unwrap();
+        tracker.offered(&id, &release, false).unwrap();
+        let status = |store: &Arc<dyn Store>| store.device(&id).unwrap().unwrap().status;
+        assert_eq!(status(&store), S::Offered as i32);
+        // Progress past the offer is kept by a re-offer.
+        store
+            .update_device(&id, &mut |d| {
+                d.status = S::Installed as i32;
+                true
+            })
+            .unwrap();
+        tracker.offered(&id, &release, false).unwrap();
+        assert_eq!(status(&store), S::Installed as i32);
+        // A fresh offer always starts over.
+        tracker.offered(&id, &release, true).unwrap();
+        assert_eq!(status(&store), S::Offered as i32);
     }
 }

@@ -12,7 +12,7 @@ use aloft_protocol::pb::{self, ReportKind};
 use aloft_protocol::trust::{DeviceContext, verify_update};
 use aloft_protocol::{DeviceNonce, SecurityVersion, UnixTime, Version, wrap};
 use common::*;
-use tonic::Code;
+use tonic::{Code, Status};
 
 async fn happy_path(tls: bool) {
     let h = start(tls).await;
@@ -48,8 +48,12 @@ async fn happy_path(tls: bool) {
         &ctx,
     )
     .expect("the offer verifies on the device");
-    assert_eq!(update.directive.rollout_id, "r1");
-    let key = wrap::unwrap_content_key(&update.directive.content_key, &dev.key, &dev.id).unwrap();
+    assert_eq!(update.directive().rollout_id(), "r1");
+    let wrapped = update
+        .directive()
+        .content_key()
+        .expect("an encrypted release");
+    let key = wrap::unwrap_content_key(wrapped, &dev.key, &dev.id).unwrap();
     assert_eq!(&key, &release.key);
     assert_eq!(
         h.device_info("dev-1").await.status,
@@ -62,7 +66,7 @@ async fn happy_path(tls: bool) {
         .await
         .unwrap();
     assert_eq!(chunks.len() as u32, release.params.chunk_count());
-    let mut dec = ChunkDecryptor::new(&key, update.manifest.payload_params(), 0).unwrap();
+    let mut dec = ChunkDecryptor::new(&key, update.manifest().payload_params(), 0).unwrap();
     let mut image = Vec::new();
     for (i, c) in chunks.iter().enumerate() {
         assert_eq!(c.index, i as u32);
@@ -75,7 +79,7 @@ async fn happy_path(tls: bool) {
         .unwrap();
     assert_eq!(resumed.first().unwrap().index, 5);
     assert_eq!(resumed.len(), chunks.len() - 5);
-    let mut dec = ChunkDecryptor::new(&key, update.manifest.payload_params(), 5).unwrap();
+    let mut dec = ChunkDecryptor::new(&key, update.manifest().payload_params(), 5).unwrap();
     let mut data = resumed[0].data.clone();
     let plain = dec.decrypt_next(&mut data).unwrap();
     assert_eq!(plain, &release.image[5 * 256..6 * 256]);
@@ -343,6 +347,64 @@ async fn replayed_or_forged_hello_is_refused() {
         not_hello.next().await.err().unwrap().code(),
         Code::InvalidArgument
     );
+}
+
+/// The refusal of an oversized or undecodable device message says what was
+/// wrong, how big it was and what the limit is; never a signature hint.
+#[tokio::test]
+async fn oversized_and_garbage_device_messages_are_refused_with_their_limit() {
+    use aloft_protocol::limits::MAX_DEVICE_MESSAGE_LEN;
+    let h = start(false).await;
+    let dev = h.register("dev-big").await;
+    let oversized = pb::SignedDeviceMessage {
+        payload: vec![0; MAX_DEVICE_MESSAGE_LEN + 100],
+        signature: vec![1; 64],
+    };
+    let expect_limit = |err: Status| {
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        let text = err.message();
+        assert!(
+            text.contains(&format!("{} bytes", MAX_DEVICE_MESSAGE_LEN + 100)),
+            "{text}"
+        );
+        assert!(text.contains(&MAX_DEVICE_MESSAGE_LEN.to_string()), "{text}");
+        assert!(!text.contains("seq"), "no signature hint: {text}");
+    };
+    // As the hello...
+    let mut hello = dev.open(&h.channel).await.unwrap();
+    hello.send_raw(oversized.clone()).await;
+    expect_limit(hello.next().await.err().unwrap());
+    // ...and inside an authenticated session.
+    let (mut conn, _) = dev.connect(&h.channel, vec![]).await.unwrap();
+    conn.send_raw(oversized).await;
+    expect_limit(conn.next().await.err().unwrap());
+    // Signed garbage says what it is not, once.
+    let (mut conn, _) = dev.connect(&h.channel, vec![]).await.unwrap();
+    conn.seq += 1;
+    let payload = vec![0xff; 40];
+    let signature = conn
+        .key
+        .sign(aloft_protocol::keys::Domain::DeviceMessage, &payload);
+    conn.send_raw(pb::SignedDeviceMessage {
+        payload,
+        signature: signature.as_bytes().to_vec(),
+    })
+    .await;
+    let err = conn.next().await.err().unwrap();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("protobuf DeviceMessage"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(
+        err.message().matches("malformed").count(),
+        0,
+        "{}",
+        err.message()
+    );
+    // The server still serves the device.
+    dev.connect(&h.channel, vec![]).await.unwrap();
 }
 
 #[tokio::test]

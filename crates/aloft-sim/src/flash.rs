@@ -123,6 +123,12 @@ fn random_u64() -> u64 {
     u64::from_le_bytes(b)
 }
 
+impl aloft_device::EraseSectors for CowFlash {
+    fn sector_at(&self, offset: u32) -> Option<(u32, u32)> {
+        aloft_device::uniform_sector_at(SECTOR, self.sectors.len() * SECTOR, offset)
+    }
+}
+
 impl ErrorType for CowFlash {
     type Error = SimError;
 }

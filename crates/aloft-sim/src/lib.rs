@@ -42,13 +42,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aloft_agent::{Agent, AgentConfig, AgentError, Event, Identity, Outcome, RunningFirmware};
+use aloft_agent::{Agent, AgentConfig, AgentError, Event, Identity, Outcome};
 use aloft_device::{DEFAULT_MANIFEST_AREA, Device, DeviceConfig, Layout, Partition, ReportKind};
 use aloft_protocol::payload::ChunkDecryptor;
 use aloft_protocol::pb::admin_service_client::AdminServiceClient;
 use aloft_protocol::prost::Message as _;
 use aloft_protocol::trust::VerifiedTrustRoot;
-use aloft_protocol::{ContentKey, DeviceId, SecretKey, UnixTime, pb};
+use aloft_protocol::{ContentKey, DeviceId, SecretKey, pb};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tonic::Request;
@@ -243,14 +243,15 @@ pub fn factory_image(
         .manifest
         .as_ref()
         .ok_or_else(|| SimError::Factory("the bundle has no manifest".into()))?;
-    let manifest = aloft_device::verify_manifest_for_boot(trust, envelope)
+    // A factory image may have been built long ago: expiry is not checked.
+    let manifest = aloft_protocol::trust::danger::verify_manifest_ignoring_expiry(trust, envelope)
         .map_err(|e| SimError::Factory(format!("manifest refused by the TrustRoot: {e}")))?;
     let key = ContentKey::from_slice(&bundle.content_key)
         .map_err(|_| SimError::Factory("content key is not 32 bytes".into()))?;
     let params = manifest.payload_params();
     let mut dec = ChunkDecryptor::new(&key, params, 0)
         .map_err(|e| SimError::Factory(format!("payload parameters: {e}")))?;
-    let mut image = Vec::with_capacity(manifest.image_len as usize);
+    let mut image = Vec::with_capacity(manifest.image_len() as usize);
     let mut at = 0usize;
     for i in 0..params.chunk_count() {
         let len = params.chunk_len(i).unwrap_or(0);
@@ -268,14 +269,19 @@ pub fn factory_image(
     Ok((manifest, image))
 }
 
+/// Sectors of a virtual device's state partition: a sector per half of the
+/// state log and per TrustRoot copy.
+const STATE_SECTORS: u32 = 4;
+
 /// The flash map of every virtual device.
 pub fn layout(slot_size: u32) -> Layout {
     let s = SECTOR as u32;
     Layout {
-        state: Partition::new(0, 2 * s, s),
-        slot_a: Partition::new(2 * s, slot_size, s),
-        slot_b: Partition::new(2 * s + slot_size, slot_size, s),
+        state: Partition::new(0, STATE_SECTORS * s, s),
+        slot_a: Partition::new(STATE_SECTORS * s, slot_size, s),
+        slot_b: Partition::new(STATE_SECTORS * s + slot_size, slot_size, s),
         manifest_area: DEFAULT_MANIFEST_AREA,
+        trust_area: s,
     }
 }
 
@@ -338,7 +344,7 @@ pub async fn run(config: SimConfig) -> Result<Summary, SimError> {
             let ids = load_identities(dir, config.devices)?;
             let trust = ids
                 .first()
-                .map(|i| i.trust_root().clone())
+                .map(|i| i.factory_trust_root().clone())
                 .ok_or_else(|| SimError::Config("no devices".into()))?;
             (trust, ids)
         }
@@ -355,12 +361,11 @@ pub async fn run(config: SimConfig) -> Result<Summary, SimError> {
         None => ((2 * image.len() as u32).div_ceil(sector) * sector) + DEFAULT_MANIFEST_AREA,
     };
     let layout = layout(slot_size);
-    let factory_config = DeviceConfig {
-        product: manifest.product.clone(),
-        hardware: manifest.hardware.first().cloned().unwrap_or_default(),
-        trial_attempts: aloft_device::DEFAULT_TRIAL_ATTEMPTS,
-    };
-    let sectors = (2 * sector + 2 * slot_size) / sector;
+    let factory_config = DeviceConfig::new(
+        manifest.product(),
+        manifest.hardware().first().cloned().unwrap_or_default(),
+    );
+    let sectors = (STATE_SECTORS * sector + 2 * slot_size) / sector;
     let template = Device::provision(
         CowFlash::new(sectors as usize),
         layout,
@@ -411,7 +416,6 @@ pub async fn run(config: SimConfig) -> Result<Summary, SimError> {
             layout,
             device_config,
             agent: agent_config,
-            trust: trust.clone(),
             switch,
             stats: stats[i].clone(),
             trial_run: config.trial_run,
@@ -494,7 +498,9 @@ async fn register(
     let envelope = info
         .trust_root
         .ok_or_else(|| SimError::Config("the server has no TrustRoot: install one first".into()))?;
-    let trust = VerifiedTrustRoot::from_initial(&envelope, UnixTime(0))
+    // The simulated factory trusts the server's newest root as given (its
+    // expiry is the devices' business: they report it).
+    let trust = VerifiedTrustRoot::reload_stored(&envelope)
         .map_err(|e| SimError::Config(format!("the server's TrustRoot does not verify: {e}")))?;
     let (manifest, _) = factory_image(&config.factory, &trust)?;
     let prefix = if prefix.is_empty() {
@@ -502,7 +508,7 @@ async fn register(
     } else {
         prefix.to_owned()
     };
-    let hardware = manifest.hardware.first().cloned().unwrap_or_default();
+    let hardware = manifest.hardware().first().cloned().unwrap_or_default();
     let limit = Arc::new(Semaphore::new(config.register_concurrency.max(1)));
     let mut jobs = JoinSet::new();
     for i in 0..config.devices {
@@ -513,17 +519,18 @@ async fn register(
             device_id: id.to_string(),
             public_key: key.public_key().to_sec1_compressed().to_vec(),
             attributes: Some(pb::DeviceAttributes {
-                product: manifest.product.clone(),
+                product: manifest.product().to_owned(),
                 hardware: hardware.clone(),
                 region: ["eu", "us", "ap"][i % 3].into(),
                 time_zone: ["Europe/Berlin", "America/New_York", "Asia/Tokyo"][i % 3].into(),
                 tags: vec!["sim".into()],
                 test_device: false,
             }),
-            factory_version: manifest.version.to_string(),
+            factory_version: manifest.version().to_string(),
+            ..Default::default()
         };
         let attributes = [
-            (aloft_agent::ATTR_PRODUCT, manifest.product.clone()),
+            (aloft_agent::ATTR_PRODUCT, manifest.product().to_owned()),
             (aloft_agent::ATTR_HARDWARE, hardware.clone()),
         ]
         .into_iter()
@@ -565,7 +572,6 @@ struct VirtualDevice {
     layout: Layout,
     device_config: DeviceConfig,
     agent: AgentConfig,
-    trust: VerifiedTrustRoot,
     switch: Arc<PowerSwitch>,
     stats: Arc<Mutex<DeviceStats>>,
     trial_run: Duration,
@@ -639,7 +645,7 @@ impl VirtualDevice {
         let mut cut_armed = self.stats.lock().unwrap().planned_cut;
         let mut seen_reports = HashSet::new();
         while !*stop.borrow() {
-            let booted = match device.boot(&self.trust) {
+            let booted = match device.boot() {
                 Ok(b) => b,
                 Err(e) => return self.fail(format!("boot: {e}")),
             };
@@ -647,7 +653,7 @@ impl VirtualDevice {
                 let mut s = self.stats.lock().unwrap();
                 s.boots += 1;
                 s.acked_since_boot = false;
-                s.version = booted.manifest.version.to_string();
+                s.version = booted.manifest.version().to_string();
                 for r in device.reports() {
                     if r.kind == ReportKind::RolledBack && seen_reports.insert(r.id) {
                         s.rollbacks += 1;
@@ -655,9 +661,7 @@ impl VirtualDevice {
                     }
                 }
             }
-            let running = RunningFirmware::from_booted(&booted);
-            let agent = match Agent::new(self.identity.clone(), device, running, self.agent.clone())
-            {
+            let agent = match Agent::new(self.identity.clone(), device, self.agent.clone()) {
                 Ok(a) => a,
                 Err(e) => return self.fail(e),
             };

@@ -1,5 +1,5 @@
 //! The no_std proof: a bare-metal-shaped crate that links Aloft's device-side
-//! crates (`aloft-protocol`, `aloft-device`) and fails to build if `std` creeps into their dependency graph.
+//! crates (`aloft-protocol`, `aloft-device`, `aloft-session`) and fails to build if `std` creeps into their dependency graph.
 //!
 //! # How it works
 //!
@@ -30,6 +30,7 @@
 extern crate alloc;
 extern crate aloft_device;
 extern crate aloft_protocol;
+extern crate aloft_session;
 // More no_std crates: add `extern crate` lines here and exercise them below.
 
 use core::hint::black_box;
@@ -38,7 +39,11 @@ use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashErrorKind, ReadNo
 
 use aloft_device::{Device, DeviceConfig, Layout, Partition};
 use aloft_protocol::keys::Domain;
-use aloft_protocol::{DeviceId, Digest, PublicKey, Signature, envelope};
+use aloft_protocol::pb::server_to_device::Kind;
+use aloft_protocol::{DeviceId, DeviceNonce, Digest, PublicKey, Signature, envelope};
+use aloft_session::Millis;
+use aloft_session::device::{Action, DeviceSession, Snapshot, Timings};
+use aloft_session::server::ServerSession;
 
 /// The P-256 base point, SEC1 compressed: a valid public key to parse.
 const P256_GENERATOR: [u8; 33] = [
@@ -50,7 +55,9 @@ const P256_GENERATOR: [u8; 33] = [
 /// Exercises hashing, allocation, protobuf decoding and ECDSA verification
 /// from `aloft-protocol`; returns a bit mask of the expected outcomes (all
 /// set = `0b1111`), plus bit 4 when `aloft-device` refuses to open a blank
-/// flash (all set = `0b11111`). Exported unmangled so the code is kept in the archive.
+/// flash, bits 5 and 6 when `aloft-session`'s machines behave, bit 7 when
+/// the signature-only chunk verifier refuses a forged chunk (all set =
+/// `0b1111_1111`). Exported unmangled so the code is kept in the archive.
 #[unsafe(no_mangle)]
 pub extern "C" fn aloft_nostd_check() -> u32 {
     let mut ok = 0;
@@ -82,19 +89,60 @@ pub extern "C" fn aloft_nostd_check() -> u32 {
     }
     // aloft-device: opening instantiates the state log and layout code over
     // a real `NorFlash`; a blank flash holds no state record.
-    let config = DeviceConfig {
-        product: "nostd-check".into(),
-        hardware: "host".into(),
-        trial_attempts: 3,
-    };
+    let config = DeviceConfig::new("nostd-check", "host");
     let layout = Layout {
-        state: Partition::new(0, 2 * SECTOR, SECTOR),
-        slot_a: Partition::new(2 * SECTOR, 2 * SECTOR, SECTOR),
-        slot_b: Partition::new(4 * SECTOR, 2 * SECTOR, SECTOR),
+        state: Partition::new(0, 4 * SECTOR, SECTOR),
+        slot_a: Partition::new(4 * SECTOR, 2 * SECTOR, SECTOR),
+        slot_b: Partition::new(6 * SECTOR, 2 * SECTOR, SECTOR),
         manifest_area: SECTOR,
+        trust_area: SECTOR,
     };
     if Device::open(RamFlash::blank(), black_box(layout), config).is_err() {
         ok |= 1 << 4;
+    }
+    // aloft-session: the device side answers a challenge with a hello.
+    let Ok(id) = DeviceId::new(black_box("device-1")) else {
+        return ok;
+    };
+    let mut device = DeviceSession::new(
+        id,
+        DeviceNonce::from_bytes([7; 16]),
+        Snapshot::default(),
+        Timings::default(),
+        Millis(0),
+    );
+    let challenge = aloft_protocol::pb::ServerToDevice {
+        kind: Some(Kind::Challenge(aloft_protocol::pb::Challenge {
+            nonce: alloc::vec![1; 32],
+            server_time: 0,
+        })),
+    };
+    if device
+        .handle_message(Millis(1), black_box(challenge))
+        .is_ok()
+        && matches!(device.poll_action(), Some(Action::Send(m)) if m.seq == 1)
+    {
+        ok |= 1 << 5;
+    }
+    // The server side refuses an empty first message.
+    let server = ServerSession::<PublicKey>::new([3; 32]);
+    if server
+        .claimed_device(&aloft_protocol::pb::SignedDeviceMessage::default())
+        .is_err()
+    {
+        ok |= 1 << 6;
+    }
+    // Signature-only payloads: a chunk whose proof does not reach the root.
+    let params = aloft_protocol::signed_chunks::SignedChunkParams {
+        image_len: 600,
+        chunk_size: 256,
+        root: Digest::of(b"root"),
+    };
+    if let Ok(mut verifier) = aloft_protocol::signed_chunks::ChunkVerifier::new(params, 0) {
+        let chunk = [0u8; 256 + 2 * 32];
+        if verifier.verify_next(black_box(&chunk)).is_err() {
+            ok |= 1 << 7;
+        }
     }
     ok
 }
@@ -102,13 +150,13 @@ pub extern "C" fn aloft_nostd_check() -> u32 {
 /// Sector size of [`RamFlash`].
 const SECTOR: u32 = 1024;
 
-/// A NOR flash in RAM: six 1 KiB sectors, erased to `0xff`, writes only
+/// A NOR flash in RAM: eight 1 KiB sectors, erased to `0xff`, writes only
 /// clear bits.
-struct RamFlash([u8; 6 * SECTOR as usize]);
+struct RamFlash([u8; 8 * SECTOR as usize]);
 
 impl RamFlash {
     fn blank() -> Self {
-        Self([0xff; 6 * SECTOR as usize])
+        Self([0xff; 8 * SECTOR as usize])
     }
 
     fn range(&self, offset: u32, len: usize) -> Result<core::ops::Range<usize>, NorFlashErrorKind> {

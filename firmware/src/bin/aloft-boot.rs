@@ -21,9 +21,16 @@ struct Args {
     /// The device's flash file (as `aloft-release factory` made it).
     #[arg(long, value_name = "FILE")]
     flash: PathBuf,
-    /// The device's identity bundle (identity.pb).
+    /// The device's identity bundle (identity.pb). A template without a key
+    /// (`aloft device template`) is enrolled at the first boot: the device
+    /// makes its key and writes its registration request (see
+    /// `--request-out`).
     #[arg(long, value_name = "FILE")]
     identity: PathBuf,
+    /// Where the first factory boot writes the registration request
+    /// (default: next to the identity bundle, STEM.request.json).
+    #[arg(long, value_name = "FILE")]
+    request_out: Option<PathBuf>,
     /// Directory for the started images (default: the flash file's directory).
     #[arg(long, value_name = "DIR")]
     work_dir: Option<PathBuf>,
@@ -51,6 +58,9 @@ fn main() -> ExitCode {
     let mut opts = BootOptions::new(args.flash, args.identity);
     if let Some(dir) = args.work_dir {
         opts.work_dir = dir;
+    }
+    if let Some(out) = args.request_out {
+        opts.request_out = out;
     }
     opts.watchdog = Duration::from_millis(args.watchdog_ms.max(1));
     opts.reset_delay = Duration::from_millis(args.reset_delay_ms);
@@ -96,6 +106,20 @@ fn print_event(event: &BootEvent, json: bool) {
                 String::new()
             };
             println!("boot {boot}: slot {slot} {release} {version}{trial}");
+        }
+        BootEvent::Enrolled {
+            device_id,
+            request,
+            key_made,
+        } => {
+            let key = if *key_made {
+                "made its key"
+            } else {
+                "kept its key"
+            };
+            println!(
+                "first factory boot: {device_id} {key}; registration request in {request} (register it: aloft device register --request {request})"
+            );
         }
         BootEvent::Started { version } => println!("firmware {version} started"),
         BootEvent::Confirmed => println!("firmware confirmed"),

@@ -85,6 +85,7 @@ pub fn release(keys: &Keys, trust: &VerifiedTrustRoot, image: Vec<u8>, version: 
         nonce_prefix: SecretKey::generate().to_bytes()[..NoncePrefix::LEN].to_vec(),
         created_at: created_at(),
         expires_at: NOW + 3600,
+        ..Default::default()
     };
     let env = seal(&m, Domain::ReleaseManifest, &[&keys.release]);
     let manifest = trust.verify_manifest(&env, UnixTime(created_at())).unwrap();

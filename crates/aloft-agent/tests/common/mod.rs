@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use aloft_agent::{Agent, AgentConfig, BackoffConfig, Identity, RunningFirmware};
+use aloft_agent::{Agent, AgentConfig, BackoffConfig, Identity};
 use aloft_device::sim::SimFlash;
 use aloft_device::{Device, DeviceConfig, Layout, Partition};
 use aloft_protocol::envelope;
@@ -38,23 +38,23 @@ pub fn now() -> u64 {
 
 pub fn layout() -> Layout {
     Layout {
-        state: Partition::new(0, 2 * SECTOR, SECTOR),
-        slot_a: Partition::new(2 * SECTOR, SLOT, SECTOR),
-        slot_b: Partition::new(2 * SECTOR + SLOT, SLOT, SECTOR),
+        state: Partition::new(0, STATE, SECTOR),
+        slot_a: Partition::new(STATE, SLOT, SECTOR),
+        slot_b: Partition::new(STATE + SLOT, SLOT, SECTOR),
         manifest_area: SECTOR,
+        trust_area: SECTOR,
     }
 }
 
+/// The state partition: a sector per log half and per TrustRoot copy.
+pub const STATE: u32 = 4 * SECTOR;
+
 pub fn new_flash() -> Flash {
-    Flash::uniform(((2 * SECTOR + 2 * SLOT) / SECTOR) as usize)
+    Flash::uniform(((STATE + 2 * SLOT) / SECTOR) as usize)
 }
 
 pub fn device_config() -> DeviceConfig {
-    DeviceConfig {
-        product: "sensor".into(),
-        hardware: "rev-a".into(),
-        trial_attempts: 3,
-    }
+    DeviceConfig::new("sensor", "rev-a")
 }
 
 pub fn rand_bytes<const N: usize>() -> [u8; N] {
@@ -124,7 +124,7 @@ impl Keys {
     }
 
     pub fn verified(&self, server: &PublicKey) -> VerifiedTrustRoot {
-        VerifiedTrustRoot::from_initial(&self.trust_root(server), UnixTime(now())).unwrap()
+        VerifiedTrustRoot::trust_on_first_use(&self.trust_root(server), UnixTime(now())).unwrap()
     }
 
     /// A release signed by `signer` (normally the release key).
@@ -135,6 +135,23 @@ impl Keys {
         security_version: u32,
         image_len: usize,
     ) -> Release {
+        release_signed_at(signer, version, security_version, image_len, now())
+    }
+
+    pub fn release(&self, version: &str, image_len: usize) -> Release {
+        self.release_signed_by(&self.release, version, 1, image_len)
+    }
+}
+
+/// A release signed by `signer`, created at `created_at` and valid for a day.
+pub fn release_signed_at(
+    signer: &SecretKey,
+    version: &str,
+    security_version: u32,
+    image_len: usize,
+    created_at: u64,
+) -> Release {
+    {
         let id = format!("sensor-{version}");
         let seed = rand_bytes::<1>()[0] as usize;
         let image: Vec<u8> = (0..image_len).map(|i| (i * 7 + seed) as u8).collect();
@@ -149,8 +166,9 @@ impl Keys {
             image_sha256: Digest::of(&image).as_bytes().to_vec(),
             chunk_size: CHUNK,
             nonce_prefix: nonce_prefix.to_vec(),
-            created_at: now(),
-            expires_at: now() + 86_400,
+            created_at,
+            expires_at: created_at + 86_400,
+            ..Default::default()
         };
         let key = ContentKey::from_bytes(rand_bytes());
         let params = PayloadParams {
@@ -168,10 +186,6 @@ impl Keys {
             image,
             params,
         }
-    }
-
-    pub fn release(&self, version: &str, image_len: usize) -> Release {
-        self.release_signed_by(&self.release, version, 1, image_len)
     }
 }
 
@@ -243,6 +257,11 @@ pub fn watchdog() {
 
 impl Harness {
     pub async fn start(tls: bool) -> Self {
+        Self::start_with(tls, |_| {}).await
+    }
+
+    /// [`Harness::start`], with `tweak` applied to the server's config last.
+    pub async fn start_with(tls: bool, tweak: impl FnOnce(&mut ServerConfig)) -> Self {
         watchdog();
         let serial = SERIAL.lock().await;
         let dir = tempfile::tempdir().unwrap();
@@ -254,6 +273,7 @@ impl Harness {
             config.tls = Some(t.files);
             t.ca_pem
         });
+        tweak(&mut config);
         let server = aloft_server::start(config).await.unwrap();
         let endpoint = match &ca_pem {
             Some(ca) => {
@@ -303,24 +323,7 @@ impl Harness {
     }
 
     pub async fn upload(&self, release: &Release) {
-        use pb::upload_release_request::Part;
-        let mut messages = vec![pb::UploadReleaseRequest {
-            part: Some(Part::Header(pb::UploadReleaseHeader {
-                manifest: Some(release.manifest.clone()),
-                content_key: release.key.expose().to_vec(),
-                payload_len: release.payload.len() as u64,
-            })),
-        }];
-        for p in release.payload.chunks(64 * 1024) {
-            messages.push(pb::UploadReleaseRequest {
-                part: Some(Part::Payload(p.to_vec())),
-            });
-        }
-        self.admin
-            .clone()
-            .upload_release(self.authed(tokio_stream::iter(messages)))
-            .await
-            .unwrap();
+        upload_ok(&self.admin, self.server.admin_token(), release).await;
     }
 
     pub async fn rollout(&self, rollout: &str, release: &str, selector: &str) {
@@ -382,6 +385,7 @@ impl Harness {
                     test_device: false,
                 }),
                 factory_version: "1.0.0".into(),
+                ..Default::default()
             }))
             .await
             .unwrap();
@@ -411,6 +415,46 @@ impl Harness {
     }
 }
 
+/// Uploads `release`; the server's answer.
+pub async fn upload(
+    admin: &AdminServiceClient<Channel>,
+    token: &str,
+    release: &Release,
+) -> Result<pb::ReleaseInfo, tonic::Status> {
+    use pb::upload_release_request::Part;
+    let mut messages = vec![pb::UploadReleaseRequest {
+        part: Some(Part::Header(pb::UploadReleaseHeader {
+            manifest: Some(release.manifest.clone()),
+            content_key: release.key.expose().to_vec(),
+            payload_len: release.payload.len() as u64,
+        })),
+    }];
+    for p in release.payload.chunks(64 * 1024) {
+        messages.push(pb::UploadReleaseRequest {
+            part: Some(Part::Payload(p.to_vec())),
+        });
+    }
+    admin
+        .clone()
+        .upload_release(authed(tokio_stream::iter(messages), token))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Uploads `release`, which must be accepted.
+pub async fn upload_ok(admin: &AdminServiceClient<Channel>, token: &str, release: &Release) {
+    upload(admin, token, release).await.unwrap();
+}
+
+/// Uploads `release`, which must be refused; the refusal.
+pub async fn upload_err(
+    admin: &AdminServiceClient<Channel>,
+    token: &str,
+    release: &Release,
+) -> tonic::Status {
+    upload(admin, token, release).await.unwrap_err()
+}
+
 /// Fast timings for tests.
 pub fn fast_config() -> AgentConfig {
     AgentConfig {
@@ -431,13 +475,7 @@ pub fn boot(
     identity: &Identity,
     mut device: Device<Flash>,
 ) -> (Agent<Flash>, aloft_device::Booted) {
-    let booted = device.boot(identity.trust_root()).unwrap();
-    let agent = Agent::new(
-        identity.clone(),
-        device,
-        RunningFirmware::from_booted(&booted),
-        fast_config(),
-    )
-    .unwrap();
+    let booted = device.boot().unwrap();
+    let agent = Agent::new(identity.clone(), device, fast_config()).unwrap();
     (agent, booted)
 }

@@ -143,6 +143,8 @@ pub async fn check_in(channel: &Channel, signer: &Signer) -> anyhow::Result<Sess
                 confirmed: true,
                 pending_release_id: String::new(),
                 download_next_chunk: 0,
+                trust_root_version: 1,
+                ..Default::default()
             }),
             reports: Vec::new(),
         })),

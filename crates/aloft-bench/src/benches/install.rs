@@ -121,9 +121,11 @@ fn install_once(
     buf: &mut [u8],
 ) -> anyhow::Result<(f64, f64, Flash)> {
     let mut dev = fixture::open(flash, layout)?;
+    // Offer verification (signatures) is not part of the install path.
+    let offer = rel.accept(&dev)?;
     let start = Instant::now();
     let mut inst = dev
-        .begin_install(&rel.update, &rel.envelope, &rel.key)
+        .begin_install(&offer, &rel.key)
         .context("begin_install")?;
     let chunks_start = Instant::now();
     for i in 0..rel.chunks() {
@@ -387,15 +389,20 @@ fn breakdown(ctx: &Ctx, s: &Setup, r: &mut BenchResult) -> anyhow::Result<()> {
             black_box(h.finalize());
             let readback = start.elapsed().as_secs_f64();
             // The progress records an install writes (one per progress
-            // interval): `raise_time_floor` appends one record per call,
+            // interval): a begin and an abort append one state record each,
             // like the installer's progress record.
             let mut dev = fixture::open(s.base.clone(), s.layout)?;
+            let offer = rel.accept(&dev)?;
             let start = Instant::now();
-            for k in 0..records_n {
-                dev.raise_time_floor(aloft_protocol::UnixTime(fixture::NOW + 1 + u64::from(k)))
-                    .context("state record")?;
+            for _ in 0..records_n.div_ceil(2) {
+                drop(
+                    dev.begin_install(&offer, &rel.key)
+                        .context("state record")?,
+                );
+                dev.abort_install().context("state record")?;
             }
-            let records = start.elapsed().as_secs_f64();
+            let records = start.elapsed().as_secs_f64() * f64::from(records_n)
+                / f64::from(2 * records_n.div_ceil(2));
             let (_, install, _) = install_once(s.base.clone(), s.layout, &rel, &mut buf)?;
             for (sum, x) in sums
                 .iter_mut()
@@ -516,7 +523,7 @@ fn boot(ctx: &Ctx, s: &Setup, r: &mut BenchResult) -> anyhow::Result<()> {
     for i in 0..=reps {
         let mut dev = fixture::open(s.base.clone(), s.layout)?;
         let start = Instant::now();
-        let booted = dev.boot(&s.fx.trust).context("boot")?;
+        let booted = dev.boot().context("boot")?;
         let t_boot = start.elapsed().as_secs_f64();
         black_box(booted);
         let start = Instant::now();
@@ -572,7 +579,8 @@ fn full_install(
     rel: &Release,
     buf: &mut [u8],
 ) -> anyhow::Result<usize> {
-    let mut inst = dev.begin_install(&rel.update, &rel.envelope, &rel.key)?;
+    let offer = rel.accept(dev)?;
+    let mut inst = dev.begin_install(&offer, &rel.key)?;
     let mut per_chunk_calls = 0;
     for i in 0..rel.chunks() {
         let wire = rel.chunk(i);
@@ -594,7 +602,7 @@ fn memory(s: &Setup, r: &mut BenchResult) -> anyhow::Result<()> {
     let (per_chunk, heap) = measure::heap_peak(|| full_install(&mut dev, &rel, &mut buf));
     let per_chunk = per_chunk?;
     let mut dev = fixture::open(s.base.clone(), s.layout)?;
-    let (booted, boot_heap) = measure::heap_peak(|| dev.boot(&s.fx.trust));
+    let (booted, boot_heap) = measure::heap_peak(|| dev.boot());
     booted?;
 
     let layout = s.layout;
@@ -606,10 +614,9 @@ fn memory(s: &Setup, r: &mut BenchResult) -> anyhow::Result<()> {
     });
     stack_install?;
     let base = s.base.clone();
-    let trust = &s.fx.trust;
     let (stack_boot, boot_stack) = measure::stack_peak(|| {
         let mut dev = fixture::open(base, layout)?;
-        dev.boot(trust).map(|_| ()).map_err(anyhow::Error::from)
+        dev.boot().map(|_| ()).map_err(anyhow::Error::from)
     });
     stack_boot?;
 
@@ -710,7 +717,7 @@ mod tests {
         let b = s.layout.slot_b.offset as usize;
         assert_eq!(&flash.bytes()[b..b + IMAGE_LEN], &rel.image[..]);
         let mut dev = fixture::open(flash, s.layout).unwrap();
-        let booted = dev.boot(&s.fx.trust).unwrap();
+        let booted = dev.boot().unwrap();
         assert!(booted.trial);
         // A tampered chunk makes the raw path fail too (it really decrypts).
         let mut bad = rel;

@@ -225,6 +225,7 @@ impl OfflineKeys {
             nonce_prefix: prefix.to_vec(),
             created_at: now() - 60,
             expires_at: now() + 86_400,
+            ..Default::default()
         };
         let key = ContentKey::from_bytes(key);
         let params = PayloadParams {
@@ -421,6 +422,7 @@ impl ServerProc {
                         test_device: false,
                     }),
                     factory_version: FACTORY_VERSION.into(),
+                    ..Default::default()
                 },
                 &self.token,
             )?;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use aloft_agent::{Agent, AgentConfig, Identity, Outcome, RunningFirmware};
+use aloft_agent::{Agent, AgentConfig, Identity, Outcome};
 use aloft_device::Device;
 use aloft_protocol::payload::PayloadParams;
 use aloft_protocol::prost::Message as _;
@@ -114,7 +114,7 @@ struct Measured {
 /// `chunk`-byte chunks; returns the bytes the proxy counted.
 async fn one_update(ctx: &Ctx, image_len: usize, chunk: u32) -> anyhow::Result<Measured> {
     let srv = ServerProc::start(ctx, &ctx.scratch.join(format!("wire-{chunk}"))).await?;
-    let trust = VerifiedTrustRoot::from_initial(&srv.trust, UnixTime(server::now()))
+    let trust = VerifiedTrustRoot::trust_on_first_use(&srv.trust, UnixTime(server::now()))
         .map_err(|e| anyhow!("TrustRoot: {e}"))?;
     let factory = srv
         .keys
@@ -157,14 +157,9 @@ async fn one_update(ctx: &Ctx, image_len: usize, chunk: u32) -> anyhow::Result<M
         &factory.manifest.encode_to_vec(),
     )
     .map_err(|e| anyhow!("provisioning: {e}"))?;
-    let booted = device.boot(&trust).map_err(|e| anyhow!("boot: {e}"))?;
-    let mut agent = Agent::new(
-        identity,
-        device,
-        RunningFirmware::from_booted(&booted),
-        AgentConfig::default(),
-    )
-    .map_err(|e| anyhow!("agent: {e}"))?;
+    device.boot().map_err(|e| anyhow!("boot: {e}"))?;
+    let mut agent =
+        Agent::new(identity, device, AgentConfig::default()).map_err(|e| anyhow!("agent: {e}"))?;
     let outcome = tokio::time::timeout(Duration::from_secs(120), agent.run(std::future::pending()))
         .await
         .map_err(|_| {

@@ -17,6 +17,7 @@ use crate::output::{self, Table};
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
     /// Rollout id.
+    #[arg(value_parser = crate::args::rollout_id)]
     pub id: String,
     /// Only samples from this long ago on, e.g. 2h or 7d (default: all kept).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]

@@ -11,10 +11,10 @@ use aloft_protocol::pb;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
-use crate::Ctx;
 use crate::client::status_error;
 use crate::duration::{age, compact, now_unix, parse_duration};
 use crate::output::{self, Table, dash, non_empty, non_zero};
+use crate::{Ctx, args};
 use spec::{StageDefaults, StagesSpec, parse_permille, parse_window, permille_text, window_text};
 
 const CREATE_HELP: &str = "\
@@ -29,12 +29,32 @@ Settings a stage does not override take --soak, --min-sample and
 --max-failure. A test stage needs only 1 finished device unless
 --min-sample or min-sample= says otherwise.
 
+A stage advances by itself once its soak time has passed and at least its
+min-sample devices finished, so a stage with fewer devices than that waits
+for `aloft rollout advance`; the last stage stays open (devices that come
+to match still join) until an advance completes the rollout.
+
+Selectors (--selector) combine comparisons with and, or, not and
+parentheses:
+  FIELD = VALUE, FIELD != VALUE, FIELD in (A, B)   fields: product, hardware,
+      region, tz, tag, test (true/false), id, version
+  version < 1.1.0, version in 1.0.0..1.2.0         versions compare numerically
+  Quote values with other characters: tag = \"a b\".
+
 Examples:
   aloft rollout create fw-1-2 --release sensor-1.2.0
   aloft rollout create fw-1-2 --release sensor-1.2.0 \\
-      --selector 'product=sensor;region=eu' \\
+      --selector 'product = sensor and region in (eu, us)' \\
       --stages 'test,canary=1%:soak=4h,10%,50%,100%' \\
-      --window 02:00-04:00 --max-concurrent 200 --max-failure 2%";
+      --window 02:00-04:00 --max-concurrent 200 --max-failure 2%
+
+Factory rollouts (--factory) update devices before they ship: one standing
+stage of every device of the release's product registered since the rollout
+started, while at the factory (--factory-period after its registration),
+no window; it pauses when over half of at least 5 finished devices failed.
+A newer factory rollout of the product replaces the previous one. The
+station waits for each device with `aloft device wait ID --confirmed RELEASE`.
+  aloft rollout create factory-1-2 --release sensor-1.2.0 --factory";
 
 /// `aloft rollout` subcommands.
 #[derive(Debug, Subcommand)]
@@ -47,11 +67,13 @@ pub enum RolloutCommand {
     /// Show one rollout: stages, counts per state, pause reason, window, pacing.
     Status {
         /// Rollout id.
+        #[arg(value_parser = args::rollout_id)]
         id: String,
     },
     /// Pause: no new updates go out until `resume`.
     Pause {
         /// Rollout id.
+        #[arg(value_parser = args::rollout_id)]
         id: String,
         /// Why (recorded and shown in `status`).
         #[arg(long)]
@@ -60,42 +82,52 @@ pub enum RolloutCommand {
     /// Resume a paused rollout.
     Resume {
         /// Rollout id.
+        #[arg(value_parser = args::rollout_id)]
         id: String,
     },
     /// Cancel for good: no further devices are offered the release.
     Cancel {
         /// Rollout id.
+        #[arg(value_parser = args::rollout_id)]
         id: String,
     },
     /// Move to the next stage now, without waiting for its soak time.
     Advance {
         /// Rollout id.
+        #[arg(value_parser = args::rollout_id)]
         id: String,
     },
     /// Offer the release again to every device that failed in this rollout.
     RetryFailed {
         /// Rollout id.
+        #[arg(value_parser = args::rollout_id)]
         id: String,
     },
     /// Take one device out of the rollout.
     Exclude {
         /// Rollout id.
+        #[arg(value_parser = args::rollout_id)]
         id: String,
         /// Device id.
+        #[arg(value_parser = args::device_id)]
         device: String,
     },
     /// Offer the release to one device now, whatever its stage and window.
     Force {
         /// Rollout id.
+        #[arg(value_parser = args::rollout_id)]
         id: String,
         /// Device id.
+        #[arg(value_parser = args::device_id)]
         device: String,
     },
     /// Offer the release again to one failed device.
     Retry {
         /// Rollout id.
+        #[arg(value_parser = args::rollout_id)]
         id: String,
         /// Device id.
+        #[arg(value_parser = args::device_id)]
         device: String,
     },
     /// Show how a rollout's state and counts changed over time (UTC).
@@ -115,11 +147,13 @@ pub enum RolloutCommand {
 #[derive(Debug, Args)]
 pub struct CreateArgs {
     /// Rollout id, e.g. fw-1-2-eu.
+    #[arg(value_parser = args::rollout_id)]
     pub id: String,
     /// Release to roll out (from `aloft release list`).
-    #[arg(long, value_name = "RELEASE")]
+    #[arg(long, value_name = "RELEASE", value_parser = args::release_id)]
     pub release: String,
-    /// Devices to target (selector expression, see ARCHITECTURE.md); default: all.
+    /// Devices to target, e.g. 'product = sensor and region = eu' (see
+    /// below); default: all.
     #[arg(long, value_name = "EXPR")]
     pub selector: Option<String>,
     /// Stages, e.g. "test,1%,10%,50%,100%" (the default); see below.
@@ -149,11 +183,35 @@ pub struct CreateArgs {
     /// Create it paused; start it with `aloft rollout resume`.
     #[arg(long)]
     pub paused: bool,
+    /// A factory rollout: devices newly registered for the release's product
+    /// take it at the factory, before they ship (see below). Takes no
+    /// stages, window, soak, min-sample or max-failure.
+    #[arg(long, conflicts_with_all = ["stages", "window", "soak", "min_sample", "max_failure"])]
+    pub factory: bool,
+    /// How long after its registration a device counts as at the factory.
+    #[arg(long, value_name = "DURATION", requires = "factory", value_parser = parse_duration)]
+    pub factory_period: Option<Duration>,
 }
 
 impl CreateArgs {
     /// The request this command line sends.
     pub fn request(&self) -> pb::CreateRolloutRequest {
+        if self.factory {
+            // The server gives it its one stage; no window.
+            return pb::CreateRolloutRequest {
+                rollout_id: self.id.clone(),
+                release_id: self.release.clone(),
+                selector: self.selector.clone().unwrap_or_default(),
+                max_concurrent: self.max_concurrent.unwrap_or(0),
+                silent_after_secs: self.silent_after.as_secs(),
+                start_paused: self.paused,
+                factory: Some(pb::FactoryRollout {
+                    period_secs: self.factory_period.map_or(0, |d| d.as_secs()),
+                    registered_since: 0,
+                }),
+                ..Default::default()
+            };
+        }
         let defaults = StageDefaults {
             soak: self.soak,
             min_sample: self
@@ -170,6 +228,7 @@ impl CreateArgs {
             max_concurrent: self.max_concurrent.unwrap_or(0),
             silent_after_secs: self.silent_after.as_secs(),
             start_paused: self.paused,
+            ..Default::default()
         }
     }
 }
@@ -677,6 +736,7 @@ mod tests {
             created_at: 1000,
             stage_started_at: 2000,
             max_concurrent: 50,
+            factory: None,
         }
     }
 

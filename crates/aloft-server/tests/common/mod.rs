@@ -61,7 +61,7 @@ impl Keys {
     }
 
     pub fn verified_trust(&self, server: &aloft_protocol::PublicKey) -> VerifiedTrustRoot {
-        VerifiedTrustRoot::from_initial(&self.trust_root(server, 1), UnixTime(now())).unwrap()
+        VerifiedTrustRoot::trust_on_first_use(&self.trust_root(server, 1), UnixTime(now())).unwrap()
     }
 
     /// A release signed by the release key.
@@ -80,6 +80,7 @@ impl Keys {
             nonce_prefix: nonce_prefix.to_vec(),
             created_at: now(),
             expires_at,
+            ..Default::default()
         };
         let key = ContentKey::from_bytes(rand_bytes());
         let params = PayloadParams {
@@ -187,6 +188,18 @@ pub async fn connect(addr: std::net::SocketAddr, ca_pem: Option<&str>) -> Channe
         None => Endpoint::from_shared(format!("http://{addr}")).unwrap(),
     };
     endpoint
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// A plaintext channel to `addr` whose connection comes from `local` (any
+/// 127.0.0.0/8 address), to test per-address limits.
+pub async fn connect_from(addr: std::net::SocketAddr, local: std::net::IpAddr) -> Channel {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .local_address(Some(local))
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
@@ -337,6 +350,7 @@ impl TestDevice {
                 test_device: false,
             }),
             factory_version: self.version.clone(),
+            ..Default::default()
         }
     }
 
