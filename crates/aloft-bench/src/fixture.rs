@@ -3,12 +3,15 @@
 //! with 4 KiB sectors and slots large enough for the benchmark image.
 
 use aloft_device::sim::SimFlash;
-use aloft_device::{AcceptedOffer, Clock, Device, DeviceConfig, Layout, Partition, SessionBinding};
+use aloft_device::{
+    AcceptedOffer, Clock, Device, DeviceConfig, Layout, Partition, PayloadPolicy, SessionBinding,
+};
 use aloft_protocol::envelope::seal;
 use aloft_protocol::keys::Domain;
 use aloft_protocol::payload::{PayloadParams, encrypt_payload};
 use aloft_protocol::prost::Message;
-use aloft_protocol::trust::{VerifiedTrustRoot, danger};
+use aloft_protocol::signed_chunks::{PayloadLayout, build_payload};
+use aloft_protocol::trust::{VerifiedManifest, VerifiedTrustRoot, danger};
 use aloft_protocol::{
     ContentKey, DeviceId, DeviceNonce, Digest, NoncePrefix, SecretKey, UnixTime, pb, wrap,
 };
@@ -47,9 +50,11 @@ pub fn flash(layout: &Layout) -> Flash {
     Flash::uniform((layout.slot_b.end() / SECTOR) as usize)
 }
 
-/// The device's identity as the installer checks it.
+/// The device's identity as the installer checks it. It installs both
+/// payload profiles (encrypted and signature-only), so one provisioned
+/// flash serves both benchmarks.
 pub fn config() -> DeviceConfig {
-    DeviceConfig::new(PRODUCT, HARDWARE)
+    DeviceConfig::new(PRODUCT, HARDWARE).with_payloads(PayloadPolicy::EncryptedOrSignatureOnly)
 }
 
 /// The benchmark device's id.
@@ -95,8 +100,12 @@ pub struct Release {
     pub payload: Vec<u8>,
     /// Content key.
     pub key: ContentKey,
-    /// Payload layout.
+    /// Payload layout of an encrypted release (its nonce prefix and
+    /// associated data; a signature-only release has none of those, so it
+    /// holds the encrypted layout the same image would have).
     pub params: PayloadParams,
+    /// How the payload is cut into chunks, whichever the encoding.
+    pub layout: PayloadLayout,
     /// A directive for it, signed by the server key, for [`DEVICE`] in the
     /// session with [`NONCE`].
     pub directive: pb::SignedEnvelope,
@@ -123,14 +132,14 @@ impl Release {
 impl Release {
     /// Wire bytes of chunk `i`.
     pub fn chunk(&self, i: u32) -> &[u8] {
-        let off = self.params.chunk_offset(i) as usize;
-        let len = self.params.chunk_len(i).unwrap_or(0);
+        let off = self.layout.chunk_offset(i) as usize;
+        let len = self.layout.chunk_len(i).unwrap_or(0);
         &self.payload[off..off + len]
     }
 
     /// Number of chunks.
     pub fn chunks(&self) -> u32 {
-        self.params.chunk_count()
+        self.layout.chunk_count()
     }
 }
 
@@ -168,20 +177,7 @@ impl Fixture {
         image: Vec<u8>,
         chunk_size: u32,
     ) -> anyhow::Result<Release> {
-        let m = pb::ReleaseManifest {
-            release_id: name.into(),
-            product: PRODUCT.into(),
-            hardware: vec![HARDWARE.into()],
-            version: format!("1.{security_version}.0"),
-            security_version,
-            image_len: image.len() as u64,
-            image_sha256: Digest::of(&image).as_bytes().to_vec(),
-            chunk_size,
-            nonce_prefix: vec![security_version as u8; 7],
-            created_at: NOW - 10,
-            expires_at: NOW + 86_400,
-            ..Default::default()
-        };
+        let m = self.manifest(name, security_version, &image, chunk_size);
         let signed = seal(&m, Domain::ReleaseManifest, &[&self.release_key]);
         let manifest = danger::verify_manifest_ignoring_expiry(&self.trust, &signed)
             .map_err(|e| anyhow::anyhow!("manifest: {e}"))?;
@@ -195,23 +191,7 @@ impl Fixture {
         };
         let payload = encrypt_payload(&key, &params, &image)
             .map_err(|e| anyhow::anyhow!("encrypting: {e}"))?;
-        let id = DeviceId::new(DEVICE).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let mut rng = rand_core::UnwrapErr(getrandom::SysRng);
-        let wrapped = wrap::wrap_content_key(&key, &self.device_key.public_key(), &id, &mut rng);
-        let directive = seal(
-            &pb::Directive {
-                device_id: DEVICE.into(),
-                device_nonce: NONCE.to_vec(),
-                manifest_digest: manifest.digest().as_bytes().to_vec(),
-                content_key: Some(wrapped.to_pb()),
-                server_time: NOW,
-                expires_at: NOW + 600,
-                rollout_id: String::new(),
-                payload_url: String::new(),
-            },
-            Domain::Directive,
-            &[&self.server_key],
-        );
+        let directive = self.directive(&manifest, Some(&key));
         Ok(Release {
             image,
             envelope: signed.encode_to_vec(),
@@ -219,8 +199,104 @@ impl Fixture {
             payload,
             key,
             params,
+            layout: PayloadLayout::Encrypted(params),
             directive,
         })
+    }
+
+    /// A signature-only release of `image` in chunks of `chunk_size` bytes:
+    /// plaintext chunks with Merkle proofs under the signed manifest's root,
+    /// and a directive that carries no content key.
+    pub fn signature_only_release(
+        &self,
+        name: &str,
+        security_version: u32,
+        image: Vec<u8>,
+        chunk_size: u32,
+    ) -> anyhow::Result<Release> {
+        let (root, payload) = build_payload(&image, chunk_size)
+            .map_err(|e| anyhow::anyhow!("signature-only payload: {e}"))?;
+        let m = pb::ReleaseManifest {
+            chunk_root: root.as_bytes().to_vec(),
+            payload_encoding: pb::PayloadEncoding::SignatureOnly as i32,
+            nonce_prefix: Vec::new(),
+            ..self.manifest(name, security_version, &image, chunk_size)
+        };
+        let signed = seal(&m, Domain::ReleaseManifest, &[&self.release_key]);
+        let manifest = danger::verify_manifest_ignoring_expiry(&self.trust, &signed)
+            .map_err(|e| anyhow::anyhow!("manifest: {e}"))?;
+        let layout = manifest.payload_layout();
+        let params = PayloadParams {
+            image_len: manifest.image_len(),
+            chunk_size: manifest.chunk_size(),
+            nonce_prefix: NoncePrefix::from_slice(&[0; 7])
+                .map_err(|e| anyhow::anyhow!("nonce prefix: {e}"))?,
+            image_digest: manifest.image_digest(),
+        };
+        let directive = self.directive(&manifest, None);
+        Ok(Release {
+            image,
+            envelope: signed.encode_to_vec(),
+            signed,
+            payload,
+            key: ContentKey::from_bytes([0; 32]),
+            params,
+            layout,
+            directive,
+        })
+    }
+
+    /// The manifest of an encrypted release of `image`.
+    fn manifest(
+        &self,
+        name: &str,
+        security_version: u32,
+        image: &[u8],
+        chunk_size: u32,
+    ) -> pb::ReleaseManifest {
+        pb::ReleaseManifest {
+            release_id: name.into(),
+            product: PRODUCT.into(),
+            hardware: vec![HARDWARE.into()],
+            version: format!("1.{security_version}.0"),
+            security_version,
+            image_len: image.len() as u64,
+            image_sha256: Digest::of(image).as_bytes().to_vec(),
+            chunk_size,
+            nonce_prefix: vec![security_version as u8; 7],
+            created_at: NOW - 10,
+            expires_at: NOW + 86_400,
+            ..Default::default()
+        }
+    }
+
+    /// A directive for [`DEVICE`] in the session with [`NONCE`] naming
+    /// `manifest`, with `key` wrapped to the device (none for a
+    /// signature-only release).
+    fn directive(
+        &self,
+        manifest: &VerifiedManifest,
+        key: Option<&ContentKey>,
+    ) -> pb::SignedEnvelope {
+        let content_key = key.map(|key| {
+            let id = DeviceId::new(DEVICE).expect("the benchmark device id is valid");
+            let mut rng = rand_core::UnwrapErr(getrandom::SysRng);
+            wrap::wrap_content_key(key, &self.device_key.public_key(), &id, &mut rng).to_pb()
+        });
+        seal(
+            &pb::Directive {
+                device_id: DEVICE.into(),
+                device_nonce: NONCE.to_vec(),
+                manifest_digest: manifest.digest().as_bytes().to_vec(),
+                content_key,
+                server_time: NOW,
+                expires_at: NOW + 600,
+                rollout_id: String::new(),
+                payload_url: String::new(),
+            },
+            Domain::Directive,
+            &[&self.server_key],
+        )
     }
 
     /// A device provisioned with `factory` in slot A of `layout`; returns

@@ -147,6 +147,78 @@ pub extern "C" fn aloft_nostd_check() -> u32 {
     ok
 }
 
+/// Exercises the device core's whole update path (offer verification, the
+/// installer of this build's payload profile, boot), so that `cargo xtask
+/// bench --only device-install` can size it: with the `decrypt` feature the
+/// content key is unwrapped and chunks decrypted; without it only
+/// signature-only chunks are proven. Every input is opaque to the
+/// optimiser, so none of the path can be folded away. Returns 0 when the
+/// blank flash is refused (the expected outcome).
+#[unsafe(no_mangle)]
+pub extern "C" fn aloft_nostd_update_path(
+    chunk: &mut [u8; 2 * SECTOR as usize],
+    secret: &[u8; 32],
+) -> u32 {
+    use aloft_device::{Clock, SessionBinding};
+    use aloft_protocol::{UnixTime, pb};
+    let config = DeviceConfig::new("nostd-check", "host");
+    let layout = Layout {
+        state: Partition::new(0, 4 * SECTOR, SECTOR),
+        slot_a: Partition::new(4 * SECTOR, 2 * SECTOR, SECTOR),
+        slot_b: Partition::new(6 * SECTOR, 2 * SECTOR, SECTOR),
+        manifest_area: SECTOR,
+        trust_area: SECTOR,
+    };
+    let Ok(mut device) = Device::open(black_box(RamFlash::blank()), layout, config) else {
+        return 0;
+    };
+    let Ok(id) = DeviceId::new(black_box("device-1")) else {
+        return 1;
+    };
+    let nonce = DeviceNonce::from_bytes(*black_box(&[7; 16]));
+    let directive: pb::SignedEnvelope = black_box(pb::SignedEnvelope::default());
+    let manifest: pb::SignedEnvelope = black_box(pb::SignedEnvelope::default());
+    let binding = SessionBinding {
+        device_id: &id,
+        nonce: &nonce,
+    };
+    let Ok(offer) = device.verify_offer(&directive, &manifest, binding, Clock::At(UnixTime(0)))
+    else {
+        return 2;
+    };
+    #[cfg(feature = "decrypt")]
+    let begun = {
+        let Ok(secret) = aloft_protocol::SecretKey::from_slice(secret) else {
+            return 3;
+        };
+        match offer.update().directive().content_key() {
+            Some(wrapped) => {
+                match aloft_protocol::wrap::unwrap_content_key(wrapped, &secret, &id) {
+                    Ok(key) => device.begin_install(&offer, &key),
+                    Err(_) => return 4,
+                }
+            }
+            None => device.begin_signature_only_install(&offer),
+        }
+    };
+    #[cfg(not(feature = "decrypt"))]
+    let begun = {
+        let _ = secret;
+        device.begin_signature_only_install(&offer)
+    };
+    let Ok(mut installer) = begun else {
+        return 5;
+    };
+    while installer.write_chunk(&mut chunk[..]).is_ok() {}
+    if installer.finish().is_err() {
+        return 6;
+    }
+    match device.boot() {
+        Ok(_) => 7,
+        Err(_) => 8,
+    }
+}
+
 /// Sector size of [`RamFlash`].
 const SECTOR: u32 = 1024;
 

@@ -26,6 +26,7 @@ use aes_gcm::Aes256Gcm;
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use aloft_protocol::keys::Domain;
 use aloft_protocol::payload::TAG_LEN;
+use aloft_protocol::signed_chunks::PayloadLayout;
 use aloft_protocol::{PublicKey, Signature};
 use anyhow::{Context, anyhow};
 use sha2::{Digest as _, Sha256};
@@ -124,9 +125,11 @@ fn install_once(
     // Offer verification (signatures) is not part of the install path.
     let offer = rel.accept(&dev)?;
     let start = Instant::now();
-    let mut inst = dev
-        .begin_install(&offer, &rel.key)
-        .context("begin_install")?;
+    let mut inst = match rel.layout {
+        PayloadLayout::Encrypted(_) => dev.begin_install(&offer, &rel.key),
+        PayloadLayout::SignatureOnly(_) => dev.begin_signature_only_install(&offer),
+    }
+    .context("beginning the install")?;
     let chunks_start = Instant::now();
     for i in 0..rel.chunks() {
         let wire = rel.chunk(i);
@@ -324,6 +327,10 @@ fn run(ctx: &Ctx) -> anyhow::Result<BenchResult> {
 
     // --- memory ---
     memory(&s, &mut r)?;
+
+    // --- the two payload profiles ---
+    profiles(ctx, &s, &mut r)?;
+    code_size(&mut r)?;
 
     r.note(format!(
         "Flash: `aloft_device::sim::SimFlash<4, 4096>` (4-byte program word, 4 KiB sectors; \
@@ -724,4 +731,185 @@ mod tests {
         bad.payload[5] ^= 1;
         assert!(raw_decrypt(&bad, &mut buf).is_err());
     }
+}
+
+/// Both payload profiles on the same image and flash, 4 KiB chunks: the
+/// whole install of an encrypted release against a signature-only one
+/// (plaintext chunks, each proven by a Merkle path to the signed root), and
+/// what each puts on the wire.
+fn profiles(ctx: &Ctx, s: &Setup, r: &mut BenchResult) -> anyhow::Result<()> {
+    let reps = ctx.reps(15, 5);
+    let batch = ctx.reps(12, 4);
+    let image = fixture::image(IMAGE_LEN, 2);
+    let encrypted = s.fx.release("update", 2, image.clone(), HEADLINE_CHUNK)?;
+    let signed = s.fx.signature_only_release("update-sig", 2, image, HEADLINE_CHUNK)?;
+    // Big enough for the longer wire chunk (plaintext + Merkle proof).
+    let wire_max = (0..signed.chunks())
+        .filter_map(|i| signed.layout.chunk_len(i))
+        .chain((0..encrypted.chunks()).filter_map(|i| encrypted.layout.chunk_len(i)))
+        .max()
+        .unwrap_or(0);
+    let mut buf = vec![0u8; wire_max];
+    install_once(s.base.clone(), s.layout, &encrypted, &mut buf)?;
+    install_once(s.base.clone(), s.layout, &signed, &mut buf)?;
+    let (mut enc, mut sig, mut sha) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..reps {
+        let (mut e, mut g, mut h) = (0.0, 0.0, 0.0);
+        for _ in 0..batch {
+            e += install_once(s.base.clone(), s.layout, &encrypted, &mut buf)?.1;
+            g += install_once(s.base.clone(), s.layout, &signed, &mut buf)?.1;
+            h += raw_sha(&signed.image);
+        }
+        let n = batch as f64;
+        enc.push(e / n);
+        sig.push(g / n);
+        sha.push(h / n);
+    }
+    let (enc_s, sig_s, sha_s) = (median(&enc), median(&sig), median(&sha));
+    let wire = |rel: &Release| rel.layout.payload_len() as f64 / IMAGE_LEN as f64;
+    let mut table = Table::new(
+        &format!(
+            "Payload profiles, 1 MiB image, 4 KiB chunks, 4 KiB slot sectors: median of {reps} \
+             samples, each the mean of {batch} interleaved installs"
+        ),
+        &["profile", "whole install", "vs encrypted", "wire bytes / image bytes"],
+    );
+    table.row(&[
+        "encrypted (AES-256-GCM)".into(),
+        mib_s(rate(enc_s)),
+        "1.00".into(),
+        format!("{:.4}", wire(&encrypted)),
+    ]);
+    table.row(&[
+        "signature-only (Merkle proofs)".into(),
+        mib_s(rate(sig_s)),
+        format!("{:.2}", enc_s / sig_s),
+        format!("{:.4}", wire(&signed)),
+    ]);
+    table.row(&[
+        "(reference) raw SHA-256 of the image".into(),
+        mib_s(rate(sha_s)),
+        format!("{:.2}", enc_s / sha_s),
+        "-".into(),
+    ]);
+    r.tables.push(table);
+    r.figure("profiles.encrypted_install_bytes_per_s", rate(enc_s));
+    r.figure("profiles.signature_only_install_bytes_per_s", rate(sig_s));
+    r.figure("profiles.encrypted_wire_ratio", wire(&encrypted));
+    r.figure("profiles.signature_only_wire_ratio", wire(&signed));
+    r.samples("profiles.encrypted_install_s", &enc);
+    r.samples("profiles.signature_only_install_s", &sig);
+    r.goal(
+        "signature-only / encrypted install throughput, 4 KiB chunks",
+        "(reference)",
+        format!("{:.2}", enc_s / sig_s),
+        None,
+    );
+    r.note(
+        "A signature-only install hashes every chunk twice (its Merkle leaf on arrival, the \
+         slot again in `finish`) and decrypts nothing; an encrypted one decrypts every chunk \
+         and hashes the slot once. Both verify the same signatures before the first write.",
+    );
+    Ok(())
+}
+
+/// The device core's update path (offer verification, the installer, boot)
+/// as a device links it: `crates/nostd-check` built for no_std with fat LTO,
+/// `opt-level = "s"` and one codegen unit, with its `decrypt` feature (an
+/// encrypted-capable device) and without it (signature-only). The size is
+/// the code and read-only data LTO keeps behind the exported entry points,
+/// compiler_builtins left out (a device links its own).
+fn code_size(r: &mut BenchResult) -> anyhow::Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let target = root.join("target/nostd-size");
+    let mut table = Table::new(
+        "Code size of the device side (crates/nostd-check: aloft-protocol, aloft-session and \
+         aloft-device's update path; no_std staticlib, fat LTO, opt-level s, x86_64 host code, \
+         the only target installed here)",
+        &["profile", "text", "rodata + data", "links AES-GCM"],
+    );
+    let mut sizes = Vec::new();
+    for (name, decrypt) in [("encrypted-capable", true), ("signature-only", false)] {
+        let mut cmd = std::process::Command::new(env!("CARGO"));
+        cmd.current_dir(&root)
+            .args(["build", "--release", "--locked", "--quiet", "--manifest-path"])
+            .arg(root.join("crates/nostd-check/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target)
+            .env("CARGO_PROFILE_RELEASE_LTO", "fat")
+            .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "s")
+            .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1");
+        if !decrypt {
+            cmd.arg("--no-default-features");
+        }
+        let status = cmd.status().context("running cargo for the code-size build")?;
+        anyhow::ensure!(status.success(), "the {name} no_std build failed ({status})");
+        let lib = target.join("release/libnostd_check.a");
+        let (text, data, aes) = archive_size(&lib)?;
+        table.row(&[
+            name.into(),
+            format!("{:.1} KiB", text as f64 / 1024.0),
+            format!("{:.1} KiB", data as f64 / 1024.0),
+            if aes { "yes" } else { "no" }.into(),
+        ]);
+        r.figure(&format!("code_size.{name}.text_bytes"), text as f64);
+        r.figure(&format!("code_size.{name}.data_bytes"), data as f64);
+        sizes.push(text);
+    }
+    r.tables.push(table);
+    if let [enc, sig] = sizes[..] {
+        r.goal(
+            "signature-only / encrypted-capable code size (text)",
+            "(reference)",
+            format!("{:.2}", sig as f64 / enc as f64),
+            None,
+        );
+    }
+    Ok(())
+}
+
+/// Sums the sections of `lib`'s LTO object, compiler_builtins left out (GNU
+/// `size -A`): (text bytes, read-only and writable data bytes, whether an
+/// AES symbol is linked).
+fn archive_size(lib: &std::path::Path) -> anyhow::Result<(u64, u64, bool)> {
+    let out = std::process::Command::new("size")
+        .arg("-A")
+        .arg(lib)
+        .output()
+        .context("running `size` (binutils) on the no_std archive")?;
+    anyhow::ensure!(out.status.success(), "`size -A` failed on {}", lib.display());
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let (mut text, mut data, mut skip) = (0u64, 0u64, false);
+    for line in listing.lines() {
+        if let Some((member, _)) = line.split_once(" (ex ") {
+            // Fat LTO leaves all Rust code in one `nostd_check-*` object;
+            // the rest are compiler_builtins' objects.
+            skip = !member.starts_with("nostd_check-");
+            continue;
+        }
+        if skip {
+            continue;
+        }
+        let mut cols = line.split_whitespace();
+        let (Some(section), Some(size)) = (cols.next(), cols.next()) else {
+            continue;
+        };
+        let Ok(size) = size.parse::<u64>() else {
+            continue;
+        };
+        if section.starts_with(".text") {
+            text += size;
+        } else if section.starts_with(".rodata") || section.starts_with(".data") {
+            data += size;
+        }
+    }
+    let nm = std::process::Command::new("nm")
+        .arg("-C")
+        .arg(lib)
+        .output()
+        .context("running `nm` on the no_std archive")?;
+    let aes = String::from_utf8_lossy(&nm.stdout)
+        .lines()
+        .any(|l| l.contains("aes::") || l.contains("aes_gcm::") || l.contains("ghash"));
+    Ok((text, data, aes))
 }

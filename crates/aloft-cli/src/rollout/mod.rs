@@ -359,6 +359,32 @@ pub struct RolloutJson {
     pub stages: Vec<StageJson>,
     /// Totals over all stages.
     pub totals: CountsJson,
+    /// Set for a factory rollout (update before shipment).
+    pub factory: Option<FactoryJson>,
+}
+
+/// A factory rollout's settings.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct FactoryJson {
+    /// Devices registered at or after this Unix time join.
+    pub registered_since: u64,
+    /// How long after its registration a device counts as at the factory.
+    pub period_secs: u64,
+}
+
+/// How long a device stays "at the factory" when a factory rollout leaves
+/// its period at 0 (the proto's default).
+const DEFAULT_FACTORY_PERIOD_SECS: u64 = 7 * 86_400;
+
+fn factory_json(f: &pb::FactoryRollout) -> FactoryJson {
+    FactoryJson {
+        registered_since: f.registered_since,
+        period_secs: if f.period_secs == 0 {
+            DEFAULT_FACTORY_PERIOD_SECS
+        } else {
+            f.period_secs
+        },
+    }
 }
 
 /// The counts the server reported for stage `index` (matched by name,
@@ -419,6 +445,7 @@ pub fn rollout_json(r: &pb::RolloutInfo) -> RolloutJson {
             })
             .collect(),
         totals: totals(&r.counts),
+        factory: r.factory.as_ref().map(factory_json),
     }
 }
 
@@ -511,6 +538,17 @@ pub fn status_fields(r: &pb::RolloutInfo, now: u64) -> Vec<(&'static str, String
         ),
         ("state", state_word(r.state).into()),
     ];
+    if let Some(f) = r.factory.as_ref().map(factory_json) {
+        fields.push((
+            "factory",
+            format!(
+                "update before shipment: devices of the product registered since {} join \
+                 for {} after their registration",
+                age(now, f.registered_since),
+                compact(f.period_secs)
+            ),
+        ));
+    }
     if !r.pause_reason.is_empty() {
         fields.push(("pause reason", r.pause_reason.clone()));
     }
@@ -777,6 +815,32 @@ mod tests {
         );
         assert!(lines[2].starts_with(">  10%"), "{table}");
         assert!(lines[2].contains("2.5% after 10"), "{table}");
+    }
+
+    #[test]
+    fn status_shows_a_factory_rollouts_settings() {
+        let mut r = sample();
+        assert!(
+            !output::render_fields(&status_fields(&r, 3000)).contains("factory"),
+            "an ordinary rollout has no factory line"
+        );
+        assert!(rollout_json(&r).factory.is_none());
+        r.factory = Some(pb::FactoryRollout {
+            period_secs: 0,
+            registered_since: 10_000 - 7200,
+        });
+        let text = output::render_fields(&status_fields(&r, 10_000));
+        assert!(
+            text.contains("registered since 2h ago join for 7d after their registration"),
+            "{text}"
+        );
+        r.factory = Some(pb::FactoryRollout {
+            period_secs: 3 * 3600,
+            registered_since: 10,
+        });
+        let j = serde_json::to_value(rollout_json(&r)).unwrap();
+        assert_eq!(j["factory"]["period_secs"], 3 * 3600);
+        assert_eq!(j["factory"]["registered_since"], 10);
     }
 
     #[test]
