@@ -21,6 +21,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(grpc)
         .build_transport(grpc)
         .btree_map(".")
+        // Small per-RPC codec buffers (src/codec.rs).
+        .codec_path("crate::codec::SmallBufferCodec")
         .compile_fds(fds)?;
     Ok(())
 }

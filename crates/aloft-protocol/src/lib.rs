@@ -20,6 +20,8 @@
 extern crate alloc;
 
 pub mod audit;
+#[cfg(feature = "grpc")]
+pub mod codec;
 pub mod device_msg;
 pub mod envelope;
 mod error;

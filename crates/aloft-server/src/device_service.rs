@@ -30,7 +30,25 @@ struct OfferChoice {
     rollout_id: String,
 }
 
-type Tx = mpsc::Sender<Result<pb::ServerToDevice, Status>>;
+/// What a session task sends its device. Boxed: the channel's first block
+/// (32 slots) is allocated when the session opens and lives as long as the
+/// session, so each slot is a pointer, not a whole message or status.
+type SessionItem = Box<Result<pb::ServerToDevice, Status>>;
+type Tx = mpsc::Sender<SessionItem>;
+
+/// The Session response stream: the session task's messages, unboxed.
+pub(crate) struct SessionStream(mpsc::Receiver<SessionItem>);
+
+impl tokio_stream::Stream for SessionStream {
+    type Item = Result<pb::ServerToDevice, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx).map(|item| item.map(|b| *b))
+    }
+}
 type Session = ServerSession<RingPublicKey>;
 
 /// The tonic `DeviceService` implementation.
@@ -70,7 +88,7 @@ fn refused(e: SessionError, signed: &pb::SignedDeviceMessage, expected_seq: u64)
 
 async fn send(tx: &Tx, message: Result<pb::ServerToDevice, SessionError>) -> Result<(), Status> {
     let message = message.map_err(|e| Status::internal(format!("session state: {e}")))?;
-    let _ = tx.send(Ok(message)).await;
+    let _ = tx.send(Box::new(Ok(message))).await;
     Ok(())
 }
 
@@ -324,7 +342,7 @@ async fn sync_trust(shared: &Shared, machine: &mut Session, tx: &Tx) -> Result<(
         .trust_update(chain)
         .map_err(|e| Status::internal(format!("session state: {e}")))?
     {
-        let _ = tx.send(Ok(m)).await;
+        let _ = tx.send(Box::new(Ok(m))).await;
     }
     Ok(())
 }
@@ -340,8 +358,19 @@ async fn run_session(shared: Arc<Shared>, mut inbound: Streaming<pb::DeviceToSer
     if let Err(status) = ended {
         let _entered = span.enter();
         tracing::info!(code = ?status.code(), reason = status.message(), "device session ended");
-        let _ = tx.send(Err(status)).await;
+        let _ = tx.send(Box::new(Err(status))).await;
     }
+}
+
+/// An authenticated session as it idles: what the loop of [`session`]
+/// keeps between messages.
+struct Open {
+    machine: Session,
+    id: DeviceId,
+    key: PublicKey,
+    handle: crate::session::SessionHandle,
+    nudges: tokio::sync::watch::Receiver<u64>,
+    offered: bool,
 }
 
 async fn session(
@@ -349,6 +378,22 @@ async fn session(
     inbound: &mut Streaming<pb::DeviceToServer>,
     tx: &Tx,
 ) -> Result<(), Status> {
+    // Opening (challenge, hello, welcome, reports, the first decision) runs
+    // boxed, so its state is freed before the session idles: the task of an
+    // idle session holds only the loop's futures (BENCHMARKS.md, benchmark 2).
+    let Some(open) = Box::pin(open_session(shared, inbound, tx)).await? else {
+        return Ok(());
+    };
+    idle(shared, inbound, tx, open).await
+}
+
+/// Challenge, hello, welcome, the hello's reports and the first offer
+/// decision; `None` when the device closed before its hello.
+async fn open_session(
+    shared: &Shared,
+    inbound: &mut Streaming<pb::DeviceToServer>,
+    tx: &Tx,
+) -> Result<Option<Open>, Status> {
     // A bounded number of sessions may wait for their hello at once: a
     // storm of reconnecting devices (or of clients that never say hello) is
     // told to come back later instead of exhausting the server.
@@ -376,7 +421,7 @@ async fn session(
             return Err(status);
         }
         Ok(Err(status)) => return Err(status),
-        Ok(Ok(None)) => return Ok(()),
+        Ok(Ok(None)) => return Ok(None),
         Ok(Ok(Some(first))) => first,
     };
     let (id, key, hello) = authenticate(shared, &mut machine, first)
@@ -386,7 +431,7 @@ async fn session(
     drop(waiting);
     let state = hello.state.clone().unwrap_or_default();
 
-    let mut handle = shared.sessions.open(&id);
+    let handle = shared.sessions.open(&id);
     let detail = format!("running {}", state.firmware_version);
     if shared.tracker.observe(&id, Some(&state))? {
         // News (first connection, new firmware, slot or TrustRoot): stored
@@ -443,7 +488,34 @@ async fn session(
     // Subscribe before deciding, so no nudge between the two is missed.
     let mut nudges = shared.rollouts.subscribe();
     nudges.mark_unchanged();
-    let mut offered = decide(shared, &mut machine, &key, tx, true).await?;
+    let offered = decide(shared, &mut machine, &key, tx, true).await?;
+    Ok(Some(Open {
+        machine,
+        id,
+        key,
+        handle,
+        nudges,
+        offered,
+    }))
+}
+
+/// The authenticated session until it ends: nudges, reports, heartbeats.
+/// Work that is rare for an idle device (an offer decision, reports, a
+/// durable write) runs boxed, so it adds nothing to the idle task's size.
+async fn idle(
+    shared: &Shared,
+    inbound: &mut Streaming<pb::DeviceToServer>,
+    tx: &Tx,
+    open: Open,
+) -> Result<(), Status> {
+    let Open {
+        mut machine,
+        id,
+        key,
+        mut handle,
+        mut nudges,
+        mut offered,
+    } = open;
     let jitter = Duration::from_millis(aloft_rollout::membership::jitter_secs(
         &id,
         u64::try_from(shared.limits.notify_jitter.as_millis()).unwrap_or(u64::MAX),
@@ -466,7 +538,7 @@ async fn session(
             () = async { if let Some(t) = renudge.as_mut() { t.await } }, if renudge.is_some() => {
                 renudge = None;
                 nudges.mark_unchanged();
-                offered = decide(shared, &mut machine, &key, tx, false).await?;
+                offered = Box::pin(decide(shared, &mut machine, &key, tx, false)).await?;
             }
             next = inbound.message() => {
                 let Ok(Some(next)) = next else { return Ok(()) };
@@ -476,7 +548,7 @@ async fn session(
                 let expected = machine.expected_seq();
                 match machine.receive(&signed).map_err(|e| refused(e, &signed, expected))? {
                     Inbound::Report(report) => {
-                        process_reports(shared, &machine, &id, std::slice::from_ref(&report), tx).await?;
+                        Box::pin(process_reports(shared, &machine, &id, std::slice::from_ref(&report), tx)).await?;
                     }
                     Inbound::Heartbeat(state) => {
                         if shared.tracker.observe(&id, Some(&state))? {
@@ -490,7 +562,7 @@ async fn session(
                                     state.firmware_version, state.trust_root_version
                                 ),
                             )?;
-                            shared.flush().await?;
+                            Box::pin(shared.flush()).await?;
                         }
                     }
                 }
@@ -529,7 +601,7 @@ fn authorised(
 
 #[tonic::async_trait]
 impl DeviceService for DeviceSvc {
-    type SessionStream = ReceiverStream<Result<pb::ServerToDevice, Status>>;
+    type SessionStream = SessionStream;
     type DownloadStream = ReceiverStream<Result<pb::DownloadChunk, Status>>;
 
     async fn session(
@@ -539,7 +611,7 @@ impl DeviceService for DeviceSvc {
         let (tx, rx) = mpsc::channel(8);
         self.shared.metrics.sessions_opened.inc();
         tokio::spawn(run_session(self.shared.clone(), request.into_inner(), tx));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(SessionStream(rx)))
     }
 
     async fn download(

@@ -707,32 +707,6 @@ pub fn profile_loop(secs: f64) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn install_and_raw_paths_run_on_the_same_data() {
-        let s = setup().unwrap();
-        let rel =
-            s.fx.release("update", 2, fixture::image(IMAGE_LEN, 2), HEADLINE_CHUNK)
-                .unwrap();
-        let mut buf = chunk_buffer(HEADLINE_CHUNK);
-        raw_decrypt(&rel, &mut buf).unwrap();
-        let (_, _, flash) = install_once(s.base.clone(), s.layout, &rel, &mut buf).unwrap();
-        // The image landed in slot B and the device now boots it as a trial.
-        let b = s.layout.slot_b.offset as usize;
-        assert_eq!(&flash.bytes()[b..b + IMAGE_LEN], &rel.image[..]);
-        let mut dev = fixture::open(flash, s.layout).unwrap();
-        let booted = dev.boot().unwrap();
-        assert!(booted.trial);
-        // A tampered chunk makes the raw path fail too (it really decrypts).
-        let mut bad = rel;
-        bad.payload[5] ^= 1;
-        assert!(raw_decrypt(&bad, &mut buf).is_err());
-    }
-}
-
 /// Both payload profiles on the same image and flash, 4 KiB chunks: the
 /// whole install of an encrypted release against a signature-only one
 /// (plaintext chunks, each proven by a Merkle path to the signed root), and
@@ -742,7 +716,8 @@ fn profiles(ctx: &Ctx, s: &Setup, r: &mut BenchResult) -> anyhow::Result<()> {
     let batch = ctx.reps(12, 4);
     let image = fixture::image(IMAGE_LEN, 2);
     let encrypted = s.fx.release("update", 2, image.clone(), HEADLINE_CHUNK)?;
-    let signed = s.fx.signature_only_release("update-sig", 2, image, HEADLINE_CHUNK)?;
+    let signed =
+        s.fx.signature_only_release("update-sig", 2, image, HEADLINE_CHUNK)?;
     // Big enough for the longer wire chunk (plaintext + Merkle proof).
     let wire_max = (0..signed.chunks())
         .filter_map(|i| signed.layout.chunk_len(i))
@@ -772,7 +747,12 @@ fn profiles(ctx: &Ctx, s: &Setup, r: &mut BenchResult) -> anyhow::Result<()> {
             "Payload profiles, 1 MiB image, 4 KiB chunks, 4 KiB slot sectors: median of {reps} \
              samples, each the mean of {batch} interleaved installs"
         ),
-        &["profile", "whole install", "vs encrypted", "wire bytes / image bytes"],
+        &[
+            "profile",
+            "whole install",
+            "vs encrypted",
+            "wire bytes / image bytes",
+        ],
     );
     table.row(&[
         "encrypted (AES-256-GCM)".into(),
@@ -832,7 +812,13 @@ fn code_size(r: &mut BenchResult) -> anyhow::Result<()> {
     for (name, decrypt) in [("encrypted-capable", true), ("signature-only", false)] {
         let mut cmd = std::process::Command::new(env!("CARGO"));
         cmd.current_dir(&root)
-            .args(["build", "--release", "--locked", "--quiet", "--manifest-path"])
+            .args([
+                "build",
+                "--release",
+                "--locked",
+                "--quiet",
+                "--manifest-path",
+            ])
             .arg(root.join("crates/nostd-check/Cargo.toml"))
             .arg("--target-dir")
             .arg(&target)
@@ -842,8 +828,13 @@ fn code_size(r: &mut BenchResult) -> anyhow::Result<()> {
         if !decrypt {
             cmd.arg("--no-default-features");
         }
-        let status = cmd.status().context("running cargo for the code-size build")?;
-        anyhow::ensure!(status.success(), "the {name} no_std build failed ({status})");
+        let status = cmd
+            .status()
+            .context("running cargo for the code-size build")?;
+        anyhow::ensure!(
+            status.success(),
+            "the {name} no_std build failed ({status})"
+        );
         let lib = target.join("release/libnostd_check.a");
         let (text, data, aes) = archive_size(&lib)?;
         table.row(&[
@@ -877,7 +868,11 @@ fn archive_size(lib: &std::path::Path) -> anyhow::Result<(u64, u64, bool)> {
         .arg(lib)
         .output()
         .context("running `size` (binutils) on the no_std archive")?;
-    anyhow::ensure!(out.status.success(), "`size -A` failed on {}", lib.display());
+    anyhow::ensure!(
+        out.status.success(),
+        "`size -A` failed on {}",
+        lib.display()
+    );
     let listing = String::from_utf8_lossy(&out.stdout);
     let (mut text, mut data, mut skip) = (0u64, 0u64, false);
     for line in listing.lines() {
@@ -912,4 +907,30 @@ fn archive_size(lib: &std::path::Path) -> anyhow::Result<(u64, u64, bool)> {
         .lines()
         .any(|l| l.contains("aes::") || l.contains("aes_gcm::") || l.contains("ghash"));
     Ok((text, data, aes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_and_raw_paths_run_on_the_same_data() {
+        let s = setup().unwrap();
+        let rel =
+            s.fx.release("update", 2, fixture::image(IMAGE_LEN, 2), HEADLINE_CHUNK)
+                .unwrap();
+        let mut buf = chunk_buffer(HEADLINE_CHUNK);
+        raw_decrypt(&rel, &mut buf).unwrap();
+        let (_, _, flash) = install_once(s.base.clone(), s.layout, &rel, &mut buf).unwrap();
+        // The image landed in slot B and the device now boots it as a trial.
+        let b = s.layout.slot_b.offset as usize;
+        assert_eq!(&flash.bytes()[b..b + IMAGE_LEN], &rel.image[..]);
+        let mut dev = fixture::open(flash, s.layout).unwrap();
+        let booted = dev.boot().unwrap();
+        assert!(booted.trial);
+        // A tampered chunk makes the raw path fail too (it really decrypts).
+        let mut bad = rel;
+        bad.payload[5] ^= 1;
+        assert!(raw_decrypt(&bad, &mut buf).is_err());
+    }
 }
