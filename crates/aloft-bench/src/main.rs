@@ -62,6 +62,10 @@ struct Cli {
     /// seconds (a target for `perf record`).
     #[arg(long, value_name = "SECS")]
     profile_install: Option<f64>,
+    /// Instead of benchmarking, serve the check-in floor of benchmark 3
+    /// from DIR (started by the benchmark itself).
+    #[arg(long, value_name = "DIR", hide = true)]
+    floor_server: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -124,6 +128,9 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             println!("{:<22} {}. {}", b.name(), b.item(), b.title());
         }
         return Ok(());
+    }
+    if let Some(dir) = &cli.floor_server {
+        return benches::floor::serve(dir);
     }
     if let Some(secs) = cli.profile_install {
         return benches::install::profile_loop(secs);

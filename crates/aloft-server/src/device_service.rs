@@ -50,6 +50,8 @@ impl tokio_stream::Stream for SessionStream {
     }
 }
 type Session = ServerSession<RingPublicKey>;
+/// The SEC1 bytes of the key a session was authenticated with.
+type DeviceKey = Vec<u8>;
 
 /// The tonic `DeviceService` implementation.
 pub(crate) struct DeviceSvc {
@@ -97,7 +99,7 @@ fn authenticate(
     shared: &Shared,
     machine: &mut Session,
     first: pb::DeviceToServer,
-) -> Result<(DeviceId, PublicKey, pb::Hello), Status> {
+) -> Result<(DeviceId, DeviceKey, pb::Hello), Status> {
     let signed = first
         .signed
         .ok_or_else(|| Status::invalid_argument("device message carries no signed payload"))?;
@@ -112,12 +114,14 @@ fn authenticate(
     if record.revoked {
         return Err(Status::permission_denied(format!("device {id} is revoked")));
     }
-    let key = PublicKey::from_sec1(&record.public_key)
-        .map_err(|_| Status::internal("registered device key does not parse"))?;
     // ring verifies about 5x faster than p256 and accepts exactly the same
     // signatures (aloft-protocol's differential test); devices keep p256.
+    let ring_key = shared
+        .device_keys
+        .get(&record.public_key)
+        .map_err(|_| Status::internal("registered device key does not parse"))?;
     let hello = machine
-        .accept_hello(&signed, RingPublicKey::new(&key))
+        .accept_hello(&signed, ring_key)
         .map_err(|e| match e {
             SessionError::Message(_) | SessionError::DeviceIdChanged => Status::unauthenticated(
                 format!(
@@ -126,7 +130,7 @@ fn authenticate(
             ),
             e => refused(e, &signed, 1),
         })?;
-    Ok((id, key, hello))
+    Ok((id, record.public_key, hello))
 }
 
 async fn process_reports(
@@ -178,7 +182,7 @@ async fn build_offer(
     shared: &Shared,
     device: &DeviceRecord,
     id: &DeviceId,
-    device_key: &PublicKey,
+    device_key: &[u8],
     nonce: &DeviceNonce,
     choice: &OfferChoice,
 ) -> Result<pb::Offer, Status> {
@@ -199,8 +203,11 @@ async fn build_offer(
             .kek
             .open(&choice.release_id, &release.sealed_content_key)
             .map_err(|e| Status::internal(e.to_string()))?;
+        // Parsed here, not at the hello: only an offer needs the p256 form.
+        let device_key = PublicKey::from_sec1(device_key)
+            .map_err(|_| Status::internal("registered device key does not parse"))?;
         let mut rng = rand_core::UnwrapErr(getrandom::SysRng);
-        Some(wrap::wrap_content_key(&content_key, device_key, id, &mut rng).to_pb())
+        Some(wrap::wrap_content_key(&content_key, &device_key, id, &mut rng).to_pb())
     };
     let manifest = release
         .manifest
@@ -249,7 +256,7 @@ async fn build_offer(
 async fn decide(
     shared: &Shared,
     machine: &mut Session,
-    key: &PublicKey,
+    key: &[u8],
     tx: &Tx,
     answer_later: bool,
 ) -> Result<bool, Status> {
@@ -367,7 +374,7 @@ async fn run_session(shared: Arc<Shared>, mut inbound: Streaming<pb::DeviceToSer
 struct Open {
     machine: Session,
     id: DeviceId,
-    key: PublicKey,
+    key: DeviceKey,
     handle: crate::session::SessionHandle,
     nudges: tokio::sync::watch::Receiver<u64>,
     offered: bool,

@@ -52,6 +52,7 @@ pub mod clock;
 mod device_service;
 mod error;
 pub mod factory;
+mod key_cache;
 pub mod keys;
 pub mod listen;
 pub mod metrics;
@@ -227,6 +228,8 @@ pub(crate) struct Shared {
     pub(crate) downloads: Arc<Semaphore>,
     /// Sessions waiting for their hello (see `Limits::max_pending_hellos`).
     pub(crate) pending_hellos: Arc<Semaphore>,
+    /// Registered device keys in ring's form (a check-in skips decompressing).
+    pub(crate) device_keys: key_cache::KeyCache,
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) uploads_in_progress: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Operating the server: metrics, webhooks, the audit log, backups.
@@ -447,6 +450,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         sessions: session::SessionRegistry::default(),
         downloads: Arc::new(Semaphore::new(config.limits.max_downloads)),
         pending_hellos: Arc::new(Semaphore::new(config.limits.max_pending_hellos.max(1))),
+        device_keys: key_cache::KeyCache::default(),
         trust: RwLock::new(trust),
         limits: config.limits.clone(),
         uploads_in_progress: Default::default(),

@@ -16,6 +16,7 @@ pub mod checkin;
 pub mod connected;
 pub mod device;
 pub mod download;
+pub mod floor;
 pub mod install;
 pub mod rollout_scale;
 pub mod server;
