@@ -822,7 +822,7 @@ pub async fn migrate_sled_chunks(
     if !db_dir.exists() {
         return Ok(0);
     }
-    let db = sled::open(db_dir).map_err(|e| fail(format!("open: {e}")))?;
+    let db = crate::store::open_sled(db_dir).map_err(|e| fail(format!("open: {e}")))?;
     let has_chunks = db
         .tree_names()
         .iter()

@@ -387,10 +387,34 @@ fn pair_key(a: &str, b: &[u8]) -> Vec<u8> {
     k
 }
 
+/// How long [`open_sled`] waits for a lock held by a closing handle.
+const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens (or creates) the sled database in directory `path`. sled holds a
+/// file lock on it until its background flusher thread has ended, a moment
+/// after the last handle is dropped: a server restarted within the same
+/// process (tests, the demo) can find the lock still held by the one it
+/// stopped. Waits for such a lock up to [`SLED_LOCK_WAIT`]; another process
+/// that keeps the database open is still refused with sled's lock error.
+pub(crate) fn open_sled(path: &Path) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
+    loop {
+        match sled::Config::new().path(path).open() {
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl SledStore {
     /// Opens (or creates) the database in directory `path`.
     pub fn open(path: &Path) -> StoreResult<Self> {
-        let db = sled::Config::new().path(path).open()?;
+        let db = open_sled(path)?;
         Ok(Self {
             trust_roots: db.open_tree("trust_roots")?,
             devices: db.open_tree("devices")?,
