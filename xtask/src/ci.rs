@@ -10,6 +10,10 @@
 //!    installed, else
 //!    `cargo test` (which includes the doctests; nextest does not run them,
 //!    so they follow it);
+//!    Then the server's tests once more with their servers on PostgreSQL
+//!    (`ALOFT_TEST_STORE=postgres`; each test makes and drops its own
+//!    database), after starting the local PostgreSQL cluster when nothing
+//!    answers on 127.0.0.1:5432;
 //! 4. the dashboard's browser tests in headless Chromium (see
 //!    `browser.rs`; Chromium and chromedriver are installed with apt-get
 //!    when missing and this runs as root, else the step fails; skipped by
@@ -205,8 +209,53 @@ fn ensure_s3s_fs() -> Result<()> {
     Ok(())
 }
 
+/// Where the PostgreSQL tests connect (see `crates/aloft-server/tests/support/pg.rs`).
+const POSTGRES_ADDR: &str = "127.0.0.1:5432";
+
+/// Starts the machine's PostgreSQL cluster when nothing answers on
+/// [`POSTGRES_ADDR`] (and `ALOFT_TEST_POSTGRES` does not name another server).
+fn ensure_postgres() -> Result<()> {
+    let answers = || {
+        std::net::TcpStream::connect_timeout(
+            &POSTGRES_ADDR.parse().expect("valid address"),
+            Duration::from_secs(2),
+        )
+        .is_ok()
+    };
+    if std::env::var_os("ALOFT_TEST_POSTGRES").is_some() || answers() {
+        return Ok(());
+    }
+    let versions: Vec<String> = std::fs::read_dir("/etc/postgresql")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let Some(version) = versions.iter().max() else {
+        bail!(
+            "PostgreSQL is needed by the scale-out tests and nothing answers on {POSTGRES_ADDR}, \
+             and no cluster is installed to start: install PostgreSQL (apt-get install \
+             postgresql) or set ALOFT_TEST_POSTGRES to a server's URL"
+        );
+    };
+    println!("PostgreSQL not running on {POSTGRES_ADDR}: starting cluster {version}/main");
+    Cmd::new("pg_ctlcluster")
+        .args(["--skip-systemctl-redirect", version, "main", "start"])
+        .run()
+        .context("starting PostgreSQL")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !answers() {
+        if Instant::now() > deadline {
+            bail!("PostgreSQL was started but does not answer on {POSTGRES_ADDR} after 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
 fn tests() -> Result<()> {
     ensure_s3s_fs()?;
+    ensure_postgres()?;
     let nextest = std::env::var_os("ALOFT_NO_NEXTEST").is_none()
         && Cmd::cargo(["nextest", "--version"]).succeeds();
     if nextest {
@@ -223,6 +272,22 @@ fn tests() -> Result<()> {
         .run()?;
         // Same features as above, so the libraries built for the tests are
         // reused.
+        // The server's tests again, their servers on PostgreSQL (same
+        // build: the workspace with a filter).
+        println!("\nthe server's tests on PostgreSQL (ALOFT_TEST_STORE=postgres)");
+        Cmd::cargo([
+            "nextest",
+            "run",
+            "--locked",
+            "--workspace",
+            "--all-features",
+            "--no-fail-fast",
+            "-E",
+            "package(aloft-server)",
+        ])
+        .env("ALOFT_TEST_STORE", "postgres")
+        .run()
+        .context("the server's tests on PostgreSQL")?;
         let (lines, ok) =
             Cmd::cargo(["test", "--locked", "--workspace", "--all-features", "--doc"]).run_tee()?;
         println!("Summary: {} (doctests)", Totals::parse(&lines));
@@ -243,6 +308,24 @@ fn tests() -> Result<()> {
         println!("Summary: {totals} (cargo test, doctests included)");
         if !ok {
             bail!("tests failed");
+        }
+        let (lines, ok) = Cmd::cargo([
+            "test",
+            "--locked",
+            "--all-features",
+            "--no-fail-fast",
+            "-p",
+            "aloft-server",
+            "--tests",
+        ])
+        .env("ALOFT_TEST_STORE", "postgres")
+        .run_tee()?;
+        println!(
+            "Summary: {} (the server's tests on PostgreSQL)",
+            Totals::parse(&lines)
+        );
+        if !ok {
+            bail!("the server's tests on PostgreSQL failed");
         }
         if totals.passed == 0 {
             bail!("no test ran");

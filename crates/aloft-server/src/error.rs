@@ -88,6 +88,13 @@ pub enum KeyFileError {
 impl From<StoreError> for tonic::Status {
     fn from(e: StoreError) -> Self {
         tracing::error!(error = %e, "store failure");
-        tonic::Status::internal(format!("storage failure: {e}"))
+        match e {
+            // Nothing was written: the caller may retry.
+            StoreError::Unavailable(_) | StoreError::Schema { .. } => tonic::Status::unavailable(
+                format!("storage unavailable, nothing was written; retry later: {e}"),
+            ),
+            StoreError::Unsupported(what) => tonic::Status::failed_precondition(what),
+            _ => tonic::Status::internal(format!("storage failure: {e}")),
+        }
     }
 }

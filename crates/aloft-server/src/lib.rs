@@ -1,9 +1,10 @@
 //! Aloft's OTA server: the device and admin gRPC services over an embedded
-//! store.
+//! store (sled) or PostgreSQL.
 //!
 //! # Design decisions
 //! - **Modules, one responsibility each**: [`store`] (the [`store::Store`]
-//!   trait, free of sled types, and [`store::SledStore`]); [`keys`] (directive
+//!   trait, free of sled types, and [`store::SledStore`]); [`pg_store`] and
+//!   [`pg_schema`] (the PostgreSQL backend and its migrations); [`keys`] (directive
 //!   key, KEK, secret files); [`auth`] (operator tokens and roles);
 //!   [`session`] (live device sessions); [`tracking`] (status, reports,
 //!   events); [`rollouts`] (the `aloft-rollout` engine over the store, and
@@ -60,6 +61,8 @@ pub mod ops;
 mod ops_service;
 pub mod ops_store;
 pub mod payloads;
+pub mod pg_schema;
+pub mod pg_store;
 mod products;
 mod registration;
 pub mod rollouts;
@@ -107,6 +110,45 @@ pub struct ServerConfig {
     pub web: Option<SocketAddr>,
     /// Metrics, webhooks and the audit log ([`ops`]).
     pub ops: ops::OpsConfig,
+    /// Where records live: sled in `data_dir` (the default) or PostgreSQL.
+    pub store: StoreBackend,
+}
+
+/// Which backend holds the server's records (its `Debug` hides a password).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum StoreBackend {
+    /// The embedded default: sled under `data_dir/db`.
+    #[default]
+    Sled,
+    /// PostgreSQL (or a wire-compatible engine) at this URL, its schema
+    /// created by `aloft-server migrate` ([`pg_schema`]).
+    Postgres(String),
+}
+
+impl std::fmt::Debug for StoreBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sled => f.write_str("Sled"),
+            Self::Postgres(url) => write!(f, "Postgres({})", pg_store::redact(url)),
+        }
+    }
+}
+
+impl std::str::FromStr for StoreBackend {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "sled" {
+            Ok(Self::Sled)
+        } else if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Ok(Self::Postgres(s.to_owned()))
+        } else {
+            Err(format!(
+                "unknown store {s:?}: use `sled` (the embedded default, under --data) or a \
+                 postgres://user@host:port/database URL"
+            ))
+        }
+    }
 }
 
 /// Tunable limits and timings, with sensible defaults.
@@ -208,6 +250,7 @@ impl ServerConfig {
             payloads: payloads::PayloadConfig::default(),
             web: None,
             ops: ops::OpsConfig::default(),
+            store: StoreBackend::Sled,
         }
     }
 }
@@ -387,6 +430,38 @@ fn bootstrap_admin_token(
     }
 }
 
+/// The configured store, as both traits.
+async fn open_store(
+    config: &ServerConfig,
+    payloads: &payloads::Payloads,
+) -> Result<(Arc<dyn store::Store>, Arc<dyn ops_store::OpsStore>), ServerError> {
+    match &config.store {
+        StoreBackend::Sled => {
+            let db = config.data_dir.join("db");
+            let moved = payloads::migrate_sled_chunks(&db, payloads).await?;
+            if moved > 0 {
+                tracing::info!(
+                    releases = moved,
+                    objects = payloads.describe(),
+                    "moved release payloads from sled into the object store"
+                );
+            }
+            let sled = Arc::new(store::SledStore::open(&db)?);
+            Ok((sled.clone(), sled))
+        }
+        StoreBackend::Postgres(url) => {
+            let url = url.clone();
+            // Connecting blocks on the store's own runtime.
+            let pg = tokio::task::spawn_blocking(move || pg_store::PgStore::connect(&url))
+                .await
+                .map_err(|e| store::StoreError::Backend(format!("connect task: {e}")))??;
+            tracing::info!(db = pg.describe(), "store: postgres");
+            let pg = Arc::new(pg);
+            Ok((pg.clone(), pg))
+        }
+    }
+}
+
 /// Opens the data directory (creating keys and the bootstrap token on first
 /// start), binds `config.listen` and serves in a background task.
 pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
@@ -396,18 +471,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         &config.payloads,
         &config.data_dir,
     )?);
-    let moved = payloads::migrate_sled_chunks(&config.data_dir.join("db"), &payloads).await?;
-    if moved > 0 {
-        tracing::info!(
-            releases = moved,
-            objects = payloads.describe(),
-            "moved release payloads from sled into the object store"
-        );
-    }
-    let sled = store::SledStore::open(&config.data_dir.join("db"))?;
-    let sled = Arc::new(sled);
-    let ops_store: Arc<dyn ops_store::OpsStore> = sled.clone();
-    let store: Arc<dyn store::Store> = sled;
+    let (store, ops_store) = open_store(&config, &payloads).await?;
     sweep_payloads(&store, &payloads, config.payloads.orphan_grace).await?;
     let auth = auth::Authenticator::with_rate_limit(store.clone(), config.limits.admin_rate);
     let clock = config.clock.clone();

@@ -28,6 +28,17 @@ struct Args {
     /// the first start, so the TrustRoot can list it.
     #[arg(long = "data", value_name = "DIR")]
     data: PathBuf,
+    /// Where records live: `sled` (embedded, under --data; the default) or
+    /// postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE, whose schema
+    /// `aloft-server migrate --store URL` creates first. Keys, the admin
+    /// token and (by default) payloads stay under --data either way.
+    #[arg(
+        long,
+        value_name = "STORE",
+        env = "ALOFT_STORE",
+        default_value = "sled"
+    )]
+    store: aloft_server::StoreBackend,
     /// Address to listen on, IP:PORT, e.g. 127.0.0.1:7443 or 0.0.0.0:7443.
     #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
     listen: SocketAddr,
@@ -267,6 +278,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let payloads = args.payloads.config()?;
     let mut config = ServerConfig::new(args.data, args.listen);
     config.payloads = payloads;
+    config.store = args.store;
     let web_scheme = if tls.is_some() { "https" } else { "http" };
     config.tls = tls;
     config.web = args.web;

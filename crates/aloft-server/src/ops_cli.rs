@@ -14,7 +14,9 @@ pub const AFTER_HELP: &str = "Commands:
   aloft-server backup --server URL --data DIR --out FILE
       a consistent backup of a running server (see `aloft-server backup --help`)
   aloft-server restore FILE --data NEW_DIR
-      a new data directory from a backup (see `aloft-server restore --help`)";
+      a new data directory from a backup (see `aloft-server restore --help`)
+  aloft-server migrate --store postgres://USER@HOST:PORT/DB
+      create or upgrade a PostgreSQL store's schema (see `aloft-server migrate --help`)";
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -178,6 +180,10 @@ pub fn run_if_command() -> Option<ExitCode> {
                 })
                 .map_err(anyhow::Error::from)
         }
+        "migrate" => {
+            let a = MigrateArgs::parse_from(rest());
+            run_migrate(&a)
+        }
         _ => return None,
     };
     Some(match result {
@@ -187,6 +193,35 @@ pub fn run_if_command() -> Option<ExitCode> {
             ExitCode::FAILURE
         }
     })
+}
+
+/// `aloft-server migrate`.
+#[derive(Parser, Debug)]
+#[command(
+    name = "aloft-server migrate",
+    about = "Create or upgrade the schema of a PostgreSQL store (run it before starting servers \
+             of a new version; servers refuse a schema that is not theirs)"
+)]
+struct MigrateArgs {
+    /// The database, postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE (the
+    /// --store of the servers). The user needs the right to create tables.
+    #[arg(long, value_name = "URL", env = "ALOFT_STORE")]
+    store: String,
+}
+
+fn run_migrate(a: &MigrateArgs) -> anyhow::Result<()> {
+    let shown = aloft_server::pg_store::redact(&a.store);
+    let m = aloft_server::pg_store::PgStore::migrate(&a.store)
+        .with_context(|| format!("migrating {shown}"))?;
+    if m.applied.is_empty() {
+        println!("{shown}: schema already at version {}", m.to);
+    } else {
+        for step in &m.applied {
+            println!("applied migration {step}");
+        }
+        println!("{shown}: schema at version {} (was {})", m.to, m.from);
+    }
+    Ok(())
 }
 
 fn run_backup(a: BackupArgs) -> anyhow::Result<()> {

@@ -178,7 +178,7 @@ pub(crate) async fn backup(
     admin(shared, &request)?;
     let dir = shared.data_dir.clone();
     let store = shared.ops_store.clone();
-    let taken = tokio::task::spawn_blocking(move || -> Result<_, String> {
+    let taken = tokio::task::spawn_blocking(move || -> Result<_, Status> {
         use std::os::unix::fs::OpenOptionsExt as _;
         let path = dir.join(format!(
             ".backup-{}.tmp",
@@ -190,19 +190,23 @@ pub(crate) async fn backup(
             .create_new(true)
             .mode(0o600)
             .open(&path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(|e| Status::internal(format!("backup failed: {}: {e}", path.display())))?;
         // Unlinked at once: nothing is left behind however this ends.
         let _ = std::fs::remove_file(&path);
         let mut w = std::io::BufWriter::new(&mut file);
-        let stats = crate::backup::write_snapshot(&*store, &mut w).map_err(|e| e.to_string())?;
-        w.flush().map_err(|e| e.to_string())?;
+        let failed = |e: std::io::Error| Status::internal(format!("backup failed: {e}"));
+        let stats = crate::backup::write_snapshot(&*store, &mut w).map_err(|e| match e {
+            crate::store::StoreError::Unsupported(what) => Status::failed_precondition(what),
+            e => Status::internal(format!("backup failed: {e}")),
+        })?;
+        w.flush().map_err(failed)?;
         drop(w);
-        file.rewind().map_err(|e| e.to_string())?;
+        file.rewind().map_err(failed)?;
         Ok((file, stats))
     })
     .await
     .map_err(|e| Status::internal(format!("backup task: {e}")))?;
-    let (file, stats) = taken.map_err(|e| Status::internal(format!("backup failed: {e}")))?;
+    let (file, stats) = taken?;
     shared
         .metrics
         .backup_pause

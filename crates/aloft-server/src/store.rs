@@ -1,8 +1,7 @@
 //! Persistence behind the [`Store`] trait, and its sled implementation.
 //!
 //! The trait speaks only in typed records (prost messages) and aloft newtypes,
-//! never in sled types, so a networked PostgreSQL-compatible backend can be
-//! added later without touching the services. Read-modify-write goes through
+//! never in sled types; `crate::pg_store` implements it on PostgreSQL. Read-modify-write goes through
 //! closures ([`Store::update_device`], [`Store::update_rollout`]) that a
 //! backend may call more than once (compare-and-swap retry, or `SELECT ... FOR
 //! UPDATE`); they must be pure.
@@ -31,6 +30,31 @@ pub enum StoreError {
     /// A stored record does not decode.
     #[error("corrupt {0} record")]
     Corrupt(&'static str),
+    /// The store's address or settings are not usable.
+    #[error("store configuration: {0}")]
+    Config(String),
+    /// The backend cannot do this; the text says what to do instead.
+    #[error("not supported by this store: {0}")]
+    Unsupported(&'static str),
+    /// PostgreSQL refused or failed a statement.
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// No PostgreSQL connection could be had in time (down, unreachable,
+    /// or every pooled connection busy).
+    #[error("postgres unavailable: {0}")]
+    Unavailable(#[from] deadpool_postgres::PoolError),
+    /// The database's schema is not the one this build runs on.
+    #[error(
+        "the database schema is at version {found}, this aloft-server runs on version \
+         {expected}: run `aloft-server migrate --store URL` with this build (a newer \
+         schema needs a newer aloft-server)"
+    )]
+    Schema {
+        /// Highest migration applied (0: none).
+        found: i32,
+        /// What this build expects.
+        expected: i32,
+    },
 }
 
 impl From<sled::Error> for StoreError {

@@ -314,6 +314,7 @@ async fn payload_chunks_kept_in_sled_by_older_servers_move_into_objects() {
         server,
         dir,
         keys,
+        db: None,
     };
     let (_, _, chunks, _) = offer_and_download(&h, "dev-1", "old-1.1.0").await;
     assert!(chunks == wire_chunks(&release));

@@ -21,6 +21,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Status, Streaming};
 
+#[path = "../support/pg.rs"]
+pub mod pg;
+
 pub fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -148,6 +151,9 @@ pub struct Harness {
     pub dir: tempfile::TempDir,
     pub channel: Channel,
     pub keys: Keys,
+    /// The server's PostgreSQL database when `ALOFT_TEST_STORE=postgres`
+    /// (dropped with the harness).
+    pub db: Option<pg::TestDb>,
 }
 
 pub async fn start_with(tls: bool, tweak: impl FnOnce(&mut ServerConfig)) -> Harness {
@@ -160,6 +166,11 @@ pub async fn start_with(tls: bool, tweak: impl FnOnce(&mut ServerConfig)) -> Har
     } else {
         None
     };
+    // The same tests on either backend (`cargo xtask ci` runs both).
+    let db = pg::selected().then(pg::TestDb::migrated);
+    if let Some(db) = &db {
+        config.store = aloft_server::StoreBackend::Postgres(db.url.clone());
+    }
     tweak(&mut config);
     let server = aloft_server::start(config).await.unwrap();
     let channel = connect(server.local_addr(), ca.as_deref()).await;
@@ -168,6 +179,7 @@ pub async fn start_with(tls: bool, tweak: impl FnOnce(&mut ServerConfig)) -> Har
         dir,
         channel,
         keys: Keys::new(),
+        db,
     }
 }
 
