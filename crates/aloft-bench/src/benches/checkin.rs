@@ -52,29 +52,30 @@ impl Bench for CheckInRate {
 }
 
 /// What one check-in loop measured.
-struct LoopResult {
-    checkins: usize,
-    errors: usize,
-    first_error: Option<String>,
-    window: f64,
-    server_cpu: f64,
-    client_cpu: f64,
-    latency_ms: Vec<f64>,
+pub(crate) struct LoopResult {
+    pub(crate) checkins: usize,
+    pub(crate) errors: usize,
+    pub(crate) first_error: Option<String>,
+    pub(crate) window: f64,
+    /// CPU seconds of every server-side process (see [`checkin_loop`]).
+    pub(crate) server_cpu: f64,
+    pub(crate) client_cpu: f64,
+    pub(crate) latency_ms: Vec<f64>,
 }
 
 impl LoopResult {
-    fn rate(&self) -> f64 {
+    pub(crate) fn rate(&self) -> f64 {
         self.checkins as f64 / self.window
     }
 
-    fn per_server_cpu(&self) -> f64 {
+    pub(crate) fn per_server_cpu(&self) -> f64 {
         self.checkins as f64 / self.server_cpu.max(1e-9)
     }
 }
 
 /// What a check-in loop talks to.
 #[derive(Clone)]
-enum Target {
+pub(crate) enum Target {
     /// aloft-server; `fresh`: a new connection per check-in (as the agent
     /// does), else one kept connection per device.
     Aloft {
@@ -98,6 +99,26 @@ async fn checkin_loop(
     warmup: Duration,
     window: Duration,
 ) -> anyhow::Result<LoopResult> {
+    checkin_loop_over(
+        &|| server::cpu_seconds(server_pid),
+        std::slice::from_ref(target),
+        creds,
+        warmup,
+        window,
+    )
+    .await
+}
+
+/// [`checkin_loop`] over several servers: device `i` talks to
+/// `targets[i % len]`, and `server_cpu` reads the CPU seconds of every
+/// process on the server side (replicas and their database).
+pub(crate) async fn checkin_loop_over(
+    server_cpu: &dyn Fn() -> anyhow::Result<f64>,
+    targets: &[Target],
+    creds: &[DeviceCred],
+    warmup: Duration,
+    window: Duration,
+) -> anyhow::Result<LoopResult> {
     let count = Arc::new(AtomicUsize::new(0));
     let errors = Arc::new(AtomicUsize::new(0));
     let measuring = Arc::new(AtomicBool::new(false));
@@ -108,7 +129,7 @@ async fn checkin_loop(
     for (i, cred) in creds.iter().enumerate() {
         let signer = Signer::new(cred)?;
         let cred = cred.clone();
-        let target = target.clone();
+        let target = targets[i % targets.len()].clone();
         let (count, errors, measuring, latency, first_error) = (
             count.clone(),
             errors.clone(),
@@ -166,14 +187,14 @@ async fn checkin_loop(
         });
     }
     tokio::time::sleep(warmup).await;
-    let cpu0 = server::cpu_seconds(server_pid)?;
+    let cpu0 = server_cpu()?;
     let own0 = server::own_cpu_seconds();
     let t0 = Instant::now();
     measuring.store(true, Ordering::SeqCst);
     tokio::time::sleep(window).await;
     measuring.store(false, Ordering::SeqCst);
     let elapsed = t0.elapsed().as_secs_f64();
-    let server_cpu = server::cpu_seconds(server_pid)? - cpu0;
+    let server_cpu = server_cpu()? - cpu0;
     let client_cpu = server::own_cpu_seconds() - own0;
     let checkins = count.load(Ordering::SeqCst);
     let _ = stop_tx.send(true);

@@ -19,6 +19,7 @@ pub mod download;
 pub mod floor;
 pub mod install;
 pub mod rollout_scale;
+pub mod scale_out;
 pub mod server;
 pub mod verify;
 pub mod wire_bytes;
@@ -87,6 +88,7 @@ pub fn registry() -> Vec<Box<dyn Bench>> {
         Box::new(download::DownloadThroughput),
         Box::new(rollout_scale::RolloutScale),
         Box::new(wire_bytes::WireBytes),
+        Box::new(scale_out::ScaleOut),
     ]
 }
 

@@ -87,6 +87,7 @@ pub fn raise_nofile(want: u64) -> u64 {
 
 /// A TLS identity for the server: a CA and a certificate for `localhost`
 /// and `127.0.0.1` it issued.
+#[derive(Clone)]
 pub struct Tls {
     /// CA certificate (PEM) the clients pin.
     pub ca_pem: String,
@@ -278,12 +279,19 @@ pub struct ServerProc {
     pub trust: pb::SignedEnvelope,
     child: Option<ChildGuard>,
     log: PathBuf,
+    /// More flags (e.g. `--store URL`).
+    extra: Vec<String>,
 }
 
 impl ServerProc {
     /// Starts the server in `dir` (data, TLS and log) and installs a
     /// TrustRoot.
     pub async fn start(ctx: &Ctx, dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with(ctx, dir, Vec::new()).await
+    }
+
+    /// [`ServerProc::start`] with more flags.
+    pub async fn start_with(ctx: &Ctx, dir: &Path, extra: Vec<String>) -> anyhow::Result<Self> {
         let bin = sibling_binary("aloft-server")?;
         std::fs::create_dir_all(dir)?;
         let tls = Tls::make(&dir.join("tls"))?;
@@ -298,6 +306,7 @@ impl ServerProc {
             trust: pb::SignedEnvelope::default(),
             child: None,
             log: dir.join("server.log"),
+            extra,
         };
         s.spawn(ctx)?;
         s.token = std::fs::read_to_string(s.data.join("admin-token"))
@@ -339,6 +348,7 @@ impl ServerProc {
                 // Setup registers thousands of devices one request each
                 // through the bootstrap token: no per-token request rate.
                 .args(["--admin-rate", "0"])
+                .args(&self.extra)
                 .env("RUST_LOG", "warn")
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
@@ -362,6 +372,28 @@ impl ServerProc {
         }
         self.child = Some(child);
         Ok(())
+    }
+
+    /// Another process on the same data directory and flags (a replica
+    /// when the store is shared), listening on a port of its own, its log
+    /// in `dir`. The TrustRoot and tokens are the store's already.
+    pub fn replica(&self, ctx: &Ctx, dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let mut s = Self {
+            bin: self.bin.clone(),
+            data: self.data.clone(),
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?)),
+            tls: self.tls.clone(),
+            token: self.token.clone(),
+            // Unused: a replica is never asked to sign.
+            keys: OfflineKeys::new(),
+            trust: self.trust.clone(),
+            child: None,
+            log: dir.join("server.log"),
+            extra: self.extra.clone(),
+        };
+        s.spawn(ctx)?;
+        Ok(s)
     }
 
     /// Process id.
