@@ -94,7 +94,7 @@ pub use rollout::{
     Decision, GlobalLoad, NotYetReason, Report, Rollout, RolloutProgress, RolloutSpec,
     RolloutState, Stage,
 };
-pub use selector::{DeviceView, Selector};
+pub use selector::{DeviceView, IndexedField, Selector, Term};
 pub use window::MaintenanceWindow;
 
 /// A rollout's unique id: 1 to 64 of `[A-Za-z0-9._:-]`, not starting with `.`.

@@ -120,6 +120,45 @@ impl Selector {
     pub fn as_str(&self) -> &str {
         &self.source
     }
+
+    /// Conditions every selected device meets, in the forms a database can
+    /// answer from an index (equality on a text attribute, a tag, the test
+    /// flag): the top-level `and` terms of those forms. A device that
+    /// fails one is never selected; one that meets all may still not be
+    /// ([`Selector::matches`] decides), so a store may use them to narrow
+    /// what it reads, never to replace the match.
+    pub fn indexable_terms(&self) -> Vec<Term> {
+        let mut out = Vec::new();
+        self.expr.collect_terms(&mut out);
+        out
+    }
+}
+
+/// An attribute a device store can index (see [`Selector::indexable_terms`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum IndexedField {
+    /// The product name.
+    Product,
+    /// The hardware revision.
+    Hardware,
+    /// The region label.
+    Region,
+    /// The IANA time zone name.
+    Tz,
+    /// One of the device's tags.
+    Tag,
+    /// The device id.
+    Id,
+}
+
+/// A condition every device a selector selects meets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Term {
+    /// The field equals one of these values (for [`IndexedField::Tag`]:
+    /// the device has one of these tags).
+    AnyOf(IndexedField, Vec<String>),
+    /// The test-device flag has this value.
+    Test(bool),
 }
 
 impl fmt::Display for Selector {
@@ -150,6 +189,18 @@ enum Field {
 }
 
 impl Field {
+    fn indexed(self) -> Option<IndexedField> {
+        Some(match self {
+            Self::Product => IndexedField::Product,
+            Self::Hardware => IndexedField::Hardware,
+            Self::Region => IndexedField::Region,
+            Self::Tz => IndexedField::Tz,
+            Self::Tag => IndexedField::Tag,
+            Self::Id => IndexedField::Id,
+            Self::Version | Self::Test => return None,
+        })
+    }
+
     fn from_name(s: &str) -> Option<Self> {
         const NAMES: [(&str, Field); 8] = [
             ("product", Field::Product),
@@ -201,6 +252,38 @@ enum Expr {
 }
 
 impl Expr {
+    /// See [`Selector::indexable_terms`]: only through `and`, never under
+    /// `or` or `not`.
+    fn collect_terms(&self, out: &mut Vec<Term>) {
+        let texts = |values: &[Value]| -> Option<Vec<String>> {
+            values
+                .iter()
+                .map(|v| match v {
+                    Value::Text(t) => Some(t.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        match self {
+            Self::And(a, b) => {
+                a.collect_terms(out);
+                b.collect_terms(out);
+            }
+            Self::Cmp(Field::Test, Op::Eq, Value::Bool(b)) => out.push(Term::Test(*b)),
+            Self::Cmp(field, Op::Eq, value) => {
+                if let (Some(f), Some(v)) = (field.indexed(), texts(core::slice::from_ref(value))) {
+                    out.push(Term::AnyOf(f, v));
+                }
+            }
+            Self::In(field, values) => {
+                if let (Some(f), Some(v)) = (field.indexed(), texts(values)) {
+                    out.push(Term::AnyOf(f, v));
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn eval(&self, d: &DeviceView) -> bool {
         match self {
             Self::All => true,
@@ -623,6 +706,71 @@ impl Parser {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn indexable_terms_are_the_top_level_and_equalities_only() {
+        let terms = |s: &str| Selector::parse(s).unwrap().indexable_terms();
+        use IndexedField::*;
+        assert_eq!(
+            terms("product = sensor and region in (eu, us) and tag = lab and test = true"),
+            [
+                Term::AnyOf(Product, vec!["sensor".into()]),
+                Term::AnyOf(Region, vec!["eu".into(), "us".into()]),
+                Term::AnyOf(Tag, vec!["lab".into()]),
+                Term::Test(true),
+            ]
+        );
+        assert_eq!(
+            terms("(id = d-1 and tz = UTC) and version < 2.0.0"),
+            [
+                Term::AnyOf(Id, vec!["d-1".into()]),
+                Term::AnyOf(Tz, vec!["UTC".into()])
+            ]
+        );
+        // Under `or` or `not`, inequalities and versions narrow nothing.
+        for s in [
+            "",
+            "product = a or product = b",
+            "not region = eu",
+            "region != eu",
+            "tag not in (lab)",
+            "version = 1.0.0",
+            "version in 1.0.0..2.0.0",
+        ] {
+            assert!(terms(s).is_empty(), "{s}: {:?}", terms(s));
+        }
+    }
+
+    /// Every device a selector matches meets each of its indexable terms
+    /// (the property a store relies on when it narrows by them).
+    #[test]
+    fn a_matched_device_meets_every_indexable_term() {
+        let selectors = [
+            "product = sensor and region in (eu, us)",
+            "tag in (field, lab) and hardware = rev-b and test = false",
+            "id = dev-001 and (region = eu or region = us)",
+            "tz = Europe/Berlin and not tag = lab",
+        ];
+        let meets = |t: &Term, d: &DeviceView| match t {
+            Term::Test(b) => d.test == *b,
+            Term::AnyOf(f, vs) => vs.iter().any(|v| match f {
+                IndexedField::Product => d.product == *v,
+                IndexedField::Hardware => d.hardware == *v,
+                IndexedField::Region => d.region == *v,
+                IndexedField::Tz => d.time_zone == *v,
+                IndexedField::Tag => d.tags.contains(v),
+                IndexedField::Id => d.id.as_str() == v,
+            }),
+        };
+        for s in selectors {
+            let sel = Selector::parse(s).unwrap();
+            assert!(sel.matches(&dev()), "{s} should match the fixture");
+            assert!(!sel.indexable_terms().is_empty(), "{s}");
+            for t in sel.indexable_terms() {
+                assert!(meets(&t, &dev()), "{s}: {t:?}");
+            }
+        }
+    }
 
     fn dev() -> DeviceView {
         DeviceView {

@@ -518,12 +518,15 @@ impl AdminService for AdminSvc {
             0 => 100,
             n => n.min(1000) as usize,
         };
+        let query = crate::store::DeviceQuery {
+            terms: selector.indexable_terms(),
+        };
         let cutoff = self.now().saturating_sub(req.stale_secs);
         let trust_horizon = self.now().saturating_add(req.trust_expires_within_secs);
         let devices = self
             .shared
             .store
-            .list_devices(after.as_ref(), limit, &mut |d| {
+            .query_devices(after.as_ref(), limit, &query, &mut |d| {
                 device_view(d, &d.firmware_version).is_some_and(|v| selector.matches(&v))
                     && (req.stale_secs == 0 || d.last_seen <= cutoff)
                     && (!req.suspected_broken || self.classify(d).suspected_broken.is_some())

@@ -18,10 +18,20 @@ struct Migration {
     version: i32,
     name: &'static str,
     sql: &'static str,
+    /// Work in Rust after the SQL, in the same transaction.
+    then: Option<Then>,
+}
+
+/// Data a migration rewrites in Rust (SQL cannot read the prost records).
+#[derive(Clone, Copy)]
+enum Then {
+    /// Fill the attribute columns of every device from its record.
+    DeviceColumns,
 }
 
 /// Every migration, oldest first.
-const MIGRATIONS: &[Migration] = &[Migration {
+const MIGRATIONS: &[Migration] = &[
+    Migration {
     version: 1,
     name: "tables of the store and the operations store",
     sql: "
@@ -73,7 +83,30 @@ const MIGRATIONS: &[Migration] = &[Migration {
         CREATE TABLE audit (seq BIGINT PRIMARY KEY, record BYTEA NOT NULL);
         CREATE TABLE audit_heads (seq BIGINT PRIMARY KEY, record BYTEA NOT NULL);
     ",
-}];
+        then: None,
+    },
+    Migration {
+        version: 2,
+        name: "device attribute columns and their indexes, for device lists",
+        // No index on anything a check-in changes, so a check-in's update
+        // stays a heap-only (HOT) update that touches no index.
+        sql: "
+        ALTER TABLE devices ADD COLUMN product TEXT NOT NULL DEFAULT '';
+        ALTER TABLE devices ADD COLUMN hardware TEXT NOT NULL DEFAULT '';
+        ALTER TABLE devices ADD COLUMN region TEXT NOT NULL DEFAULT '';
+        ALTER TABLE devices ADD COLUMN time_zone TEXT NOT NULL DEFAULT '';
+        ALTER TABLE devices ADD COLUMN tags TEXT[] NOT NULL DEFAULT '{}';
+        ALTER TABLE devices ADD COLUMN test_device BOOLEAN NOT NULL DEFAULT false;
+        CREATE INDEX devices_by_product ON devices (product, device_id);
+        CREATE INDEX devices_by_hardware ON devices (hardware, device_id);
+        CREATE INDEX devices_by_region ON devices (region, device_id);
+        CREATE INDEX devices_by_time_zone ON devices (time_zone, device_id);
+        CREATE INDEX devices_by_test ON devices (test_device, device_id);
+        CREATE INDEX devices_by_tag ON devices USING GIN (tags);
+    ",
+        then: Some(Then::DeviceColumns),
+    },
+];
 
 /// The schema version this build runs on.
 pub fn current_version() -> i32 {
@@ -133,6 +166,12 @@ pub struct Migrated {
 /// Applies every migration the database lacks; refuses a database newer
 /// than this build.
 pub async fn migrate(client: &mut deadpool_postgres::Object) -> StoreResult<Migrated> {
+    migrate_to(client, current_version()).await
+}
+
+/// Applies the migrations the database lacks up to `target` (tests build
+/// an older schema with it, to check what a later migration does to data).
+async fn migrate_to(client: &mut deadpool_postgres::Object, target: i32) -> StoreResult<Migrated> {
     client.batch_execute(CREATE_SCHEMA_TABLE).await?;
     let from = applied(&*client).await?.unwrap_or(0);
     if from > current_version() {
@@ -142,7 +181,10 @@ pub async fn migrate(client: &mut deadpool_postgres::Object) -> StoreResult<Migr
         });
     }
     let mut done = Vec::new();
-    for m in MIGRATIONS.iter().filter(|m| m.version > from) {
+    for m in MIGRATIONS
+        .iter()
+        .filter(|m| m.version > from && m.version <= target)
+    {
         let tx = client.transaction().await?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -153,24 +195,68 @@ pub async fn migrate(client: &mut deadpool_postgres::Object) -> StoreResult<Migr
         )
         .await?;
         tx.batch_execute(m.sql).await?;
+        match m.then {
+            Some(Then::DeviceColumns) => fill_device_columns(&tx).await?,
+            None => {}
+        }
         tx.commit().await?;
         done.push(format!("{}: {}", m.version, m.name));
     }
     Ok(Migrated {
         from,
-        to: current_version(),
+        to: target.max(from),
         applied: done,
     })
+}
+
+/// [`Then::DeviceColumns`].
+async fn fill_device_columns(tx: &deadpool_postgres::Transaction<'_>) -> StoreResult<()> {
+    use prost::Message as _;
+    let rows = tx
+        .query("SELECT device_id, record FROM devices", &[])
+        .await?;
+    let update = tx
+        .prepare(
+            "UPDATE devices SET product = $2, hardware = $3, region = $4, time_zone = $5, \
+             tags = $6, test_device = $7 WHERE device_id = $1",
+        )
+        .await?;
+    for row in rows {
+        let id: String = row.get(0);
+        let record = crate::store::DeviceRecord::decode(row.get::<_, &[u8]>(1))
+            .map_err(|_| StoreError::Corrupt("device"))?;
+        let c = crate::pg_store::DeviceColumns::of(&record);
+        tx.execute(
+            &update,
+            &[
+                &id,
+                &c.product,
+                &c.hardware,
+                &c.region,
+                &c.time_zone,
+                &c.tags,
+                &c.test,
+            ],
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 impl crate::pg_store::PgStore {
     /// Connects to `url` and applies the migrations it lacks.
     pub fn migrate(url: &str) -> StoreResult<Migrated> {
+        Self::migrate_to(url, current_version())
+    }
+
+    /// Connects to `url` and applies the migrations it lacks up to
+    /// `version` (for tests of a migration's data changes).
+    pub fn migrate_to(url: &str, version: i32) -> StoreResult<Migrated> {
         let store = Self::open_unchecked(url)?;
         let pool = store.pool().clone();
         store.run(async move {
             let mut client = pool.get().await?;
-            migrate(&mut client).await
+            migrate_to(&mut client, version).await
         })
     }
 }

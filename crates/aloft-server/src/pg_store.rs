@@ -43,8 +43,8 @@ use crate::ops_store::{
     DeliveryRecord, OpsStore, SnapshotSink, SnapshotStats, WebhookRecord, WebhookStatsRecord,
 };
 use crate::store::{
-    DeviceRecord, DirectiveRecord, FlushFuture, ReleaseRecord, ReportId, RolloutDeviceRecord,
-    RolloutRecord, Store, StoreError, StoreResult, TokenRecord,
+    DeviceQuery, DeviceRecord, DirectiveRecord, FlushFuture, ReleaseRecord, ReportId,
+    RolloutDeviceRecord, RolloutRecord, Store, StoreError, StoreResult, TokenRecord,
 };
 
 /// Connections the pool keeps at most.
@@ -223,7 +223,9 @@ impl PgStore {
         })
     }
 
-    /// Compare-and-swap read-modify-write of one `record` (see the module docs).
+    /// Compare-and-swap read-modify-write of one `record` (see the module
+    /// docs). `update` takes the key, the new and the old record, then what
+    /// `extra` makes of the new record.
     fn update_record<M: Message + Default>(
         &self,
         select: &'static str,
@@ -231,6 +233,7 @@ impl PgStore {
         key: Param,
         what: &'static str,
         f: &mut dyn FnMut(&mut M) -> bool,
+        extra: &dyn Fn(&M) -> Vec<Param>,
     ) -> StoreResult<Option<M>> {
         loop {
             let k = key.clone();
@@ -248,11 +251,9 @@ impl PgStore {
                 return Ok(Some(record));
             }
             let new = record.encode_to_vec();
-            if self.exec(
-                update,
-                vec![key.clone(), Param::Bytes(new), Param::Bytes(old)],
-            )? == 1
-            {
+            let mut params = vec![key.clone(), Param::Bytes(new), Param::Bytes(old)];
+            params.extend(extra(&record));
+            if self.exec(update, params)? == 1 {
                 return Ok(Some(record));
             }
         }
@@ -265,6 +266,8 @@ enum Param {
     Text(String),
     Bytes(Vec<u8>),
     Int(i64),
+    Bool(bool),
+    Texts(Vec<String>),
 }
 
 impl Param {
@@ -273,7 +276,59 @@ impl Param {
             Param::Text(s) => s,
             Param::Bytes(b) => b,
             Param::Int(i) => i,
+            Param::Bool(b) => b,
+            Param::Texts(v) => v,
         }
+    }
+}
+
+/// A device's attributes as the indexed columns of `devices` hold them
+/// (migration 2), written with every device record.
+pub(crate) struct DeviceColumns {
+    pub(crate) product: String,
+    pub(crate) hardware: String,
+    pub(crate) region: String,
+    pub(crate) time_zone: String,
+    pub(crate) tags: Vec<String>,
+    pub(crate) test: bool,
+}
+
+impl DeviceColumns {
+    pub(crate) fn of(record: &DeviceRecord) -> Self {
+        let a = record.attributes.clone().unwrap_or_default();
+        Self {
+            product: a.product,
+            hardware: a.hardware,
+            region: a.region,
+            time_zone: a.time_zone,
+            tags: a.tags,
+            test: a.test_device,
+        }
+    }
+
+    /// As parameters in column order.
+    fn params(self) -> Vec<Param> {
+        vec![
+            Param::Text(self.product),
+            Param::Text(self.hardware),
+            Param::Text(self.region),
+            Param::Text(self.time_zone),
+            Param::Texts(self.tags),
+            Param::Bool(self.test),
+        ]
+    }
+}
+
+/// The indexed column of a selector field.
+fn column(field: aloft_rollout::IndexedField) -> &'static str {
+    use aloft_rollout::IndexedField as F;
+    match field {
+        F::Product => "product",
+        F::Hardware => "hardware",
+        F::Region => "region",
+        F::Tz => "time_zone",
+        F::Tag => "tags",
+        F::Id => "device_id",
     }
 }
 
@@ -302,12 +357,15 @@ impl Store for PgStore {
     }
 
     fn insert_device(&self, record: &DeviceRecord) -> StoreResult<bool> {
+        let mut params = vec![
+            text(&record.device_id),
+            Param::Bytes(record.encode_to_vec()),
+        ];
+        params.extend(DeviceColumns::of(record).params());
         let n = self.exec(
-            "INSERT INTO devices (device_id, record) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            vec![
-                text(&record.device_id),
-                Param::Bytes(record.encode_to_vec()),
-            ],
+            "INSERT INTO devices (device_id, record, product, hardware, region, time_zone, tags, \
+             test_device) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+            params,
         )?;
         Ok(n == 1)
     }
@@ -328,10 +386,12 @@ impl Store for PgStore {
     ) -> StoreResult<Option<DeviceRecord>> {
         self.update_record(
             "SELECT record FROM devices WHERE device_id = $1",
-            "UPDATE devices SET record = $2 WHERE device_id = $1 AND record = $3",
+            "UPDATE devices SET record = $2, product = $4, hardware = $5, region = $6, \
+             time_zone = $7, tags = $8, test_device = $9 WHERE device_id = $1 AND record = $3",
             text(id.as_str()),
             "device",
             f,
+            &|d| DeviceColumns::of(d).params(),
         )
     }
 
@@ -341,21 +401,51 @@ impl Store for PgStore {
         limit: usize,
         filter: &mut dyn FnMut(&DeviceRecord) -> bool,
     ) -> StoreResult<Vec<DeviceRecord>> {
-        // The filter is a closure, so pages are read in batches until
-        // `limit` pass it or the table ends.
+        self.query_devices(after, limit, &DeviceQuery::default(), filter)
+    }
+
+    fn query_devices(
+        &self,
+        after: Option<&DeviceId>,
+        limit: usize,
+        query: &DeviceQuery,
+        filter: &mut dyn FnMut(&DeviceRecord) -> bool,
+    ) -> StoreResult<Vec<DeviceRecord>> {
+        // The terms become indexed conditions; the filter (a closure) runs
+        // here on what they let through, read in id order in batches until
+        // `limit` pass it or nothing is left.
         const BATCH: i64 = 500;
+        let mut sql = String::from("SELECT device_id, record FROM devices WHERE device_id > $1");
+        let mut terms = Vec::new();
+        for term in &query.terms {
+            let n = terms.len() + 3;
+            match term {
+                aloft_rollout::Term::AnyOf(aloft_rollout::IndexedField::Tag, tags) => {
+                    sql.push_str(&format!(" AND tags && ${n}"));
+                    terms.push(Param::Texts(tags.clone()));
+                }
+                aloft_rollout::Term::AnyOf(field, values) => {
+                    sql.push_str(&format!(" AND {} = ANY(${n})", column(*field)));
+                    terms.push(Param::Texts(values.clone()));
+                }
+                aloft_rollout::Term::Test(b) => {
+                    sql.push_str(&format!(" AND test_device = ${n}"));
+                    terms.push(Param::Bool(*b));
+                }
+            }
+        }
+        sql.push_str(" ORDER BY device_id LIMIT $2");
         let mut out = Vec::new();
         let mut cursor = after.map(|a| a.as_str().to_owned()).unwrap_or_default();
         while out.len() < limit {
-            let from = cursor.clone();
+            let mut params = vec![Param::Text(cursor.clone()), Param::Int(BATCH)];
+            params.extend(terms.iter().cloned());
+            let sql = sql.clone();
             let rows: Vec<(String, Vec<u8>)> = self.with(move |c| async move {
-                let st = c
-                    .prepare_cached(
-                        "SELECT device_id, record FROM devices WHERE device_id > $1 \
-                         ORDER BY device_id LIMIT $2",
-                    )
-                    .await?;
-                Ok(c.query(&st, &[&from, &BATCH])
+                let st = c.prepare_cached(&sql).await?;
+                let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                    params.iter().map(Param::as_sql).collect();
+                Ok(c.query(&st, &refs)
                     .await?
                     .into_iter()
                     .map(|r| (r.get(0), r.get(1)))
@@ -380,13 +470,13 @@ impl Store for PgStore {
     }
 
     fn insert_devices(&self, records: &[DeviceRecord]) -> StoreResult<Vec<DeviceId>> {
-        let rows: Vec<(String, Vec<u8>)> = records
+        let rows: Vec<(String, Vec<u8>, DeviceColumns)> = records
             .iter()
-            .map(|r| (r.device_id.clone(), r.encode_to_vec()))
+            .map(|r| (r.device_id.clone(), r.encode_to_vec(), DeviceColumns::of(r)))
             .collect();
         let existing: Vec<String> = self.with(move |mut c| async move {
             let tx = c.transaction().await?;
-            let ids: Vec<&str> = rows.iter().map(|(id, _)| id.as_str()).collect();
+            let ids: Vec<&str> = rows.iter().map(|(id, _, _)| id.as_str()).collect();
             let taken: Vec<String> = tx
                 .query(
                     "SELECT device_id FROM devices WHERE device_id = ANY($1) ORDER BY device_id",
@@ -399,17 +489,37 @@ impl Store for PgStore {
             if !taken.is_empty() {
                 return Ok(taken);
             }
-            // 1,000 rows per statement. A concurrent insert of one of the
-            // ids fails the statement (primary key), and so the whole batch.
-            for batch in rows.chunks(1000) {
-                let ids: Vec<&str> = batch.iter().map(|(id, _)| id.as_str()).collect();
-                let records: Vec<&[u8]> = batch.iter().map(|(_, r)| r.as_slice()).collect();
-                tx.execute(
-                    "INSERT INTO devices (device_id, record) \
-                     SELECT d, r FROM unnest($1::TEXT[], $2::BYTEA[]) AS t (d, r)",
-                    &[&ids, &records],
+            // One statement per device, pipelined on the connection (sent
+            // without waiting for each answer), 1,000 at a time. A
+            // concurrent insert of one of the ids fails its statement
+            // (primary key), and so the whole batch.
+            let st = tx
+                .prepare_cached(
+                    "INSERT INTO devices (device_id, record, product, hardware, region, \
+                     time_zone, tags, test_device) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 )
                 .await?;
+            for batch in rows.chunks(1000) {
+                type Sql<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
+                let params: Vec<[Sql<'_>; 8]> = batch
+                    .iter()
+                    .map(|(id, bytes, c)| -> [Sql<'_>; 8] {
+                        [
+                            id,
+                            bytes,
+                            &c.product,
+                            &c.hardware,
+                            &c.region,
+                            &c.time_zone,
+                            &c.tags,
+                            &c.test,
+                        ]
+                    })
+                    .collect();
+                let inserts = params.iter().map(|p| tx.execute(&st, p));
+                for done in futures_util::future::join_all(inserts).await {
+                    done?;
+                }
             }
             tx.commit().await?;
             Ok(Vec::new())
@@ -475,6 +585,7 @@ impl Store for PgStore {
                 t.revoked = true;
                 changed
             },
+            &|_| Vec::new(),
         )
     }
 

@@ -244,6 +244,15 @@ pub struct DirectiveRecord {
     pub expires_at: u64,
 }
 
+/// What a device list is narrowed by before its filter runs (see
+/// [`Store::query_devices`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceQuery {
+    /// Conditions every listed device meets
+    /// (`aloft_rollout::Selector::indexable_terms`).
+    pub terms: Vec<aloft_rollout::Term>,
+}
+
 /// Typed persistence for the server. See the module docs.
 pub trait Store: Send + Sync + 'static {
     /// Every TrustRoot accepted, oldest first (empty before the first).
@@ -271,6 +280,20 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
         filter: &mut dyn FnMut(&DeviceRecord) -> bool,
     ) -> StoreResult<Vec<DeviceRecord>>;
+
+    /// [`Store::list_devices`] narrowed by `query` first: a backend with
+    /// indexes reads only devices that meet its terms; `filter` still
+    /// decides. The default ignores `query` (sled: an id-ordered scan).
+    fn query_devices(
+        &self,
+        after: Option<&DeviceId>,
+        limit: usize,
+        query: &DeviceQuery,
+        filter: &mut dyn FnMut(&DeviceRecord) -> bool,
+    ) -> StoreResult<Vec<DeviceRecord>> {
+        let _ = query;
+        self.list_devices(after, limit, filter)
+    }
 
     /// Inserts every device of `records` or none of them: when one of the
     /// ids is registered already, nothing is written and those ids are

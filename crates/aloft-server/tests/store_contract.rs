@@ -74,6 +74,7 @@ contract!(
     trust_roots_keep_their_order_and_are_never_replaced,
     directives_reports_events_and_products,
     webhooks_their_outbox_and_the_audit_log,
+    device_queries_narrow_by_indexable_terms_and_the_filter_still_decides,
 );
 
 fn id(s: &str) -> DeviceId {
@@ -151,6 +152,92 @@ fn devices_insert_once_update_atomically_and_page_in_id_order(b: Backend) {
             .unwrap()),
         ["dev-2"]
     );
+}
+
+fn attributed(name: &str, region: &str, tags: &[&str], test: bool) -> pb::DeviceInfo {
+    let mut d = device(name, "sensor");
+    let a = d.attributes.as_mut().unwrap();
+    a.region = region.into();
+    a.hardware = "rev-a".into();
+    a.time_zone = "Europe/Berlin".into();
+    a.tags = tags.iter().map(|t| (*t).to_owned()).collect();
+    a.test_device = test;
+    d.firmware_version = "1.0.0".into();
+    d
+}
+
+fn device_queries_narrow_by_indexable_terms_and_the_filter_still_decides(b: Backend) {
+    use aloft_rollout::Selector;
+    use aloft_server::store::DeviceQuery;
+    let s = &b.store;
+    assert!(
+        s.insert_device(&attributed("a-1", "eu", &["lab"], false))
+            .unwrap()
+    );
+    assert!(
+        s.insert_device(&attributed("a-2", "us", &["field"], true))
+            .unwrap()
+    );
+    let mut gateway = attributed("a-3", "", &[], false);
+    gateway.attributes.as_mut().unwrap().product = "gateway".into();
+    assert!(s.insert_device(&gateway).unwrap());
+    // Inserted as a batch: its columns are written too.
+    let batch: Vec<_> = (0..700)
+        .map(|n| {
+            attributed(
+                &format!("b-{n:03}"),
+                if n % 7 == 0 { "eu" } else { "sa" },
+                &["field"],
+                false,
+            )
+        })
+        .collect();
+    assert!(s.insert_devices(&batch).unwrap().is_empty());
+
+    let list = |selector: &str, limit: usize| -> Vec<String> {
+        let sel = Selector::parse(selector).unwrap();
+        let query = DeviceQuery {
+            terms: sel.indexable_terms(),
+        };
+        s.query_devices(None, limit, &query, &mut |d| {
+            aloft_server::rollouts::device_view(d, &d.firmware_version)
+                .is_some_and(|v| sel.matches(&v))
+        })
+        .unwrap()
+        .into_iter()
+        .map(|d| d.device_id)
+        .collect()
+    };
+    assert_eq!(list("tag = lab", 10), ["a-1"]);
+    assert_eq!(list("test = true", 10), ["a-2"]);
+    assert_eq!(list("product = gateway", 10), ["a-3"]);
+    assert_eq!(
+        list(
+            "region in (us, eu) and hardware = rev-a and tag = field",
+            10
+        ),
+        [
+            "a-2", "b-000", "b-007", "b-014", "b-021", "b-028", "b-035", "b-042", "b-049", "b-056"
+        ]
+    );
+    assert_eq!(list("region = eu", 1000).len(), 1 + 100);
+    assert_eq!(
+        list("tz = Europe/Berlin and id in (a-1, b-001)", 10),
+        ["a-1", "b-001"]
+    );
+    // Terms narrow; the rest of the selector is still checked.
+    assert_eq!(list("region = eu and not tag = field", 10), ["a-1"]);
+    assert!(list("product = sensor and product = gateway", 10).is_empty());
+
+    // An update moves a device between answers (its columns follow the record).
+    s.update_device(&id("a-1"), &mut |d| {
+        d.attributes.as_mut().unwrap().region = "ap".into();
+        d.attributes.as_mut().unwrap().tags = vec!["field".into()];
+        true
+    })
+    .unwrap();
+    assert!(list("tag = lab", 10).is_empty());
+    assert_eq!(list("region = ap", 10), ["a-1"]);
 }
 
 fn a_batch_of_devices_is_inserted_whole_or_not_at_all(b: Backend) {
@@ -548,6 +635,36 @@ fn a_server_refuses_a_database_without_the_schema_and_migrate_creates_it_once() 
     let again = PgStore::migrate(&db.url).unwrap();
     assert!(again.applied.is_empty(), "a second migrate changes nothing");
     PgStore::connect(&db.url).unwrap();
+}
+
+#[test]
+fn migration_2_fills_the_attribute_columns_of_devices_stored_before_it() {
+    use aloft_protocol::prost::Message as _;
+    let db = pg::TestDb::empty();
+    PgStore::migrate_to(&db.url, 1).unwrap();
+    let record = attributed("old-1", "eu", &["lab"], true).encode_to_vec();
+    db.execute(&format!(
+        "INSERT INTO devices (device_id, record) VALUES ('old-1', '\\x{}')",
+        hex::encode(record)
+    ))
+    .unwrap();
+    let m = PgStore::migrate(&db.url).unwrap();
+    assert_eq!(
+        (m.from, m.to),
+        (1, aloft_server::pg_schema::current_version())
+    );
+    let s = PgStore::connect(&db.url).unwrap();
+    let query = aloft_server::store::DeviceQuery {
+        terms: aloft_rollout::Selector::parse("region = eu and tag = lab and test = true")
+            .unwrap()
+            .indexable_terms(),
+    };
+    let found = s.query_devices(None, 10, &query, &mut |_| true).unwrap();
+    assert_eq!(
+        found.len(),
+        1,
+        "the indexed columns were filled from the record"
+    );
 }
 
 #[test]
