@@ -252,13 +252,15 @@ async fn build_offer(
 
 /// Decides what the device gets now and sends it: an offer, or (only when
 /// `answer_later`, i.e. at the hello) a suggested next check-in. Returns
-/// whether an offer went out.
+/// whether an offer went out. `known`: the device's record, when the caller
+/// has just written it (else it is read).
 async fn decide(
     shared: &Shared,
     machine: &mut Session,
     key: &[u8],
     tx: &Tx,
     answer_later: bool,
+    known: Option<DeviceRecord>,
 ) -> Result<bool, Status> {
     let (Some(id), Some(nonce)) = (
         machine.device_id().cloned(),
@@ -266,7 +268,11 @@ async fn decide(
     ) else {
         return Ok(false);
     };
-    let Some(record) = shared.store.device(&id)? else {
+    let known = known.filter(|r| r.device_id == id.as_str());
+    let Some(record) = (match known {
+        Some(r) => Some(r),
+        None => shared.store.device(&id)?,
+    }) else {
         return Ok(false);
     };
     if record.revoked {
@@ -440,7 +446,8 @@ async fn open_session(
 
     let handle = shared.sessions.open(&id);
     let detail = format!("running {}", state.firmware_version);
-    if shared.tracker.observe(&id, Some(&state))? {
+    let (news, observed) = shared.tracker.observe(&id, Some(&state))?;
+    if news {
         // News (first connection, new firmware, slot or TrustRoot): stored
         // and durable before the Welcome.
         shared
@@ -495,7 +502,10 @@ async fn open_session(
     // Subscribe before deciding, so no nudge between the two is missed.
     let mut nudges = shared.rollouts.subscribe();
     nudges.mark_unchanged();
-    let offered = decide(shared, &mut machine, &key, tx, true).await?;
+    // The record as the hello wrote it, unless reports changed it since
+    // (saves reading it again).
+    let known = observed.filter(|_| hello.reports.is_empty());
+    let offered = decide(shared, &mut machine, &key, tx, true, known).await?;
     Ok(Some(Open {
         machine,
         id,
@@ -545,7 +555,7 @@ async fn idle(
             () = async { if let Some(t) = renudge.as_mut() { t.await } }, if renudge.is_some() => {
                 renudge = None;
                 nudges.mark_unchanged();
-                offered = Box::pin(decide(shared, &mut machine, &key, tx, false)).await?;
+                                offered = Box::pin(decide(shared, &mut machine, &key, tx, false, None)).await?;
             }
             next = inbound.message() => {
                 let Ok(Some(next)) = next else { return Ok(()) };
@@ -558,7 +568,7 @@ async fn idle(
                         Box::pin(process_reports(shared, &machine, &id, std::slice::from_ref(&report), tx)).await?;
                     }
                     Inbound::Heartbeat(state) => {
-                        if shared.tracker.observe(&id, Some(&state))? {
+                                                if shared.tracker.observe(&id, Some(&state))?.0 {
                             shared.tracker.event(
                                 id.as_str(),
                                 "",

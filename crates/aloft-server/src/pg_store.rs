@@ -61,7 +61,15 @@ pub struct PgStore {
     rt: Option<tokio::runtime::Runtime>,
     /// What `describe` shows (the URL without its password).
     shown: String,
+    /// The stored bytes of devices read or written lately: the expected
+    /// value of an update's first compare-and-swap, which then needs no
+    /// read (a hello reads the device, then updates it). Only ever a guess:
+    /// a stale entry makes that swap miss and the update read as usual.
+    recent: std::sync::Mutex<std::collections::HashMap<String, Vec<u8>>>,
 }
+
+/// Entries of [`PgStore::recent`] at most (it starts again empty when full).
+const RECENT_DEVICES: usize = 8192;
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -139,7 +147,26 @@ impl PgStore {
             pool,
             rt: Some(rt),
             shown: redact(url),
+            recent: Default::default(),
         })
+    }
+
+    fn remember(&self, id: &str, bytes: &[u8]) {
+        let mut recent = self
+            .recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if recent.len() >= RECENT_DEVICES {
+            recent.clear();
+        }
+        recent.insert(id.to_owned(), bytes.to_vec());
+    }
+
+    fn recalled(&self, id: &str) -> Option<Vec<u8>> {
+        self.recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(id)
     }
 
     /// The connection pool.
@@ -224,40 +251,69 @@ impl PgStore {
     }
 
     /// Compare-and-swap read-modify-write of one `record` (see the module
-    /// docs). `update` takes the key, the new and the old record, then what
-    /// `extra` makes of the new record.
+    /// docs and [`Cas`]).
     fn update_record<M: Message + Default>(
         &self,
-        select: &'static str,
-        update: &'static str,
-        key: Param,
-        what: &'static str,
+        cas: Cas<'_, M>,
         f: &mut dyn FnMut(&mut M) -> bool,
-        extra: &dyn Fn(&M) -> Vec<Param>,
     ) -> StoreResult<Option<M>> {
+        let Cas {
+            select,
+            update,
+            key,
+            what,
+            extra,
+            mut guess,
+            written,
+        } = cas;
         loop {
             let k = key.clone();
-            let old: Option<Vec<u8>> = self.with(move |c| async move {
-                let st = c.prepare_cached(select).await?;
-                Ok(c.query_opt(&st, &[k.as_sql()])
-                    .await?
-                    .map(|r| r.get::<_, Vec<u8>>(0)))
-            })?;
+            let guessed = guess.is_some();
+            let old: Option<Vec<u8>> = match guess.take() {
+                Some(bytes) => Some(bytes),
+                None => self.with(move |c| async move {
+                    let st = c.prepare_cached(select).await?;
+                    Ok(c.query_opt(&st, &[k.as_sql()])
+                        .await?
+                        .map(|r| r.get::<_, Vec<u8>>(0)))
+                })?,
+            };
             let Some(old) = old else {
                 return Ok(None);
             };
             let mut record: M = decode(&old, what)?;
             if !f(&mut record) {
+                if guessed {
+                    // Nothing to write, but the guess may be stale: read.
+                    continue;
+                }
                 return Ok(Some(record));
             }
             let new = record.encode_to_vec();
-            let mut params = vec![key.clone(), Param::Bytes(new), Param::Bytes(old)];
+            let mut params = vec![key.clone(), Param::Bytes(new.clone()), Param::Bytes(old)];
             params.extend(extra(&record));
             if self.exec(update, params)? == 1 {
+                written(&new);
                 return Ok(Some(record));
             }
         }
     }
+}
+
+/// One table's compare-and-swap update ([`PgStore::update_record`]).
+struct Cas<'a, M> {
+    /// Reads `record` by the key (`$1`).
+    select: &'static str,
+    /// Takes the key, the new and the old record, then what `extra` makes
+    /// of the new record; changes one row only if the old one is stored.
+    update: &'static str,
+    key: Param,
+    what: &'static str,
+    extra: &'a dyn Fn(&M) -> Vec<Param>,
+    /// The bytes the record probably has (the first swap tries them).
+    guess: Option<Vec<u8>>,
+    /// Told the bytes written.
+    written: &'a dyn Fn(&[u8]),
 }
 
 /// An owned statement parameter (the calls run on another thread).
@@ -371,12 +427,19 @@ impl Store for PgStore {
     }
 
     fn device(&self, id: &DeviceId) -> StoreResult<Option<DeviceRecord>> {
-        self.get_record(
-            "SELECT record FROM devices WHERE device_id = $1",
-            Vec::new(),
-            Some(id.as_str().to_owned()),
-            "device",
-        )
+        let key = id.as_str().to_owned();
+        let bytes: Option<Vec<u8>> = self.with(move |c| async move {
+            let st = c
+                .prepare_cached("SELECT record FROM devices WHERE device_id = $1")
+                .await?;
+            Ok(c.query_opt(&st, &[&key]).await?.map(|r| r.get(0)))
+        })?;
+        let Some(bytes) = bytes else {
+            return Ok(None);
+        };
+        let record = decode(&bytes, "device")?;
+        self.remember(id.as_str(), &bytes);
+        Ok(Some(record))
     }
 
     fn update_device(
@@ -384,15 +447,18 @@ impl Store for PgStore {
         id: &DeviceId,
         f: &mut dyn FnMut(&mut DeviceRecord) -> bool,
     ) -> StoreResult<Option<DeviceRecord>> {
-        self.update_record(
-            "SELECT record FROM devices WHERE device_id = $1",
-            "UPDATE devices SET record = $2, product = $4, hardware = $5, region = $6, \
-             time_zone = $7, tags = $8, test_device = $9 WHERE device_id = $1 AND record = $3",
-            text(id.as_str()),
-            "device",
-            f,
-            &|d| DeviceColumns::of(d).params(),
-        )
+        let cas = Cas {
+            select: "SELECT record FROM devices WHERE device_id = $1",
+            update: "UPDATE devices SET record = $2, product = $4, hardware = $5, region = $6, \
+                     time_zone = $7, tags = $8, test_device = $9 \
+                     WHERE device_id = $1 AND record = $3",
+            key: text(id.as_str()),
+            what: "device",
+            extra: &|d| DeviceColumns::of(d).params(),
+            guess: self.recalled(id.as_str()),
+            written: &|bytes| self.remember(id.as_str(), bytes),
+        };
+        self.update_record(cas, f)
     }
 
     fn list_devices(
@@ -575,18 +641,20 @@ impl Store for PgStore {
     }
 
     fn revoke_token(&self, token_id: &str) -> StoreResult<Option<TokenRecord>> {
-        self.update_record(
-            "SELECT record FROM tokens WHERE token_id = $1",
-            "UPDATE tokens SET record = $2 WHERE token_id = $1 AND record = $3",
-            text(token_id),
-            "token",
-            &mut |t: &mut TokenRecord| {
-                let changed = !t.revoked;
-                t.revoked = true;
-                changed
-            },
-            &|_| Vec::new(),
-        )
+        let cas = Cas {
+            select: "SELECT record FROM tokens WHERE token_id = $1",
+            update: "UPDATE tokens SET record = $2 WHERE token_id = $1 AND record = $3",
+            key: text(token_id),
+            what: "token",
+            extra: &|_| Vec::new(),
+            guess: None,
+            written: &|_| {},
+        };
+        self.update_record(cas, &mut |t: &mut TokenRecord| {
+            let changed = !t.revoked;
+            t.revoked = true;
+            changed
+        })
     }
 
     fn list_tokens(&self) -> StoreResult<Vec<TokenRecord>> {

@@ -262,17 +262,17 @@ impl Tracker {
     }
 
     /// Records a device's self-reported state and last-seen time. Returns
-    /// whether this is news: its first connection, or a state (firmware
+    /// whether this is news (its first connection, or a state: firmware
     /// version, security version, slot, TrustRoot, server-clock
-    /// disagreement) other than the stored one.
+    /// disagreement, other than the stored one) and the record as written.
     pub fn observe(
         &self,
         id: &DeviceId,
         state: Option<&pb::DeviceState>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<(bool, Option<pb::DeviceInfo>), StoreError> {
         let seen = self.now();
         let mut news = false;
-        self.store.update_device(id, &mut |d| {
+        let record = self.store.update_device(id, &mut |d| {
             news = d.last_seen == 0;
             d.last_seen = seen;
             if let Some(s) = state {
@@ -296,7 +296,7 @@ impl Tracker {
             }
             true
         })?;
-        Ok(news)
+        Ok((news, record))
     }
 
     /// Publishes an event to live watchers without storing it (routine

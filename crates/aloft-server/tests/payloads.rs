@@ -314,7 +314,7 @@ async fn payload_chunks_kept_in_sled_by_older_servers_move_into_objects() {
         server,
         dir,
         keys,
-        db: None,
+        store: TestStore::sled(),
     };
     let (_, _, chunks, _) = offer_and_download(&h, "dev-1", "old-1.1.0").await;
     assert!(chunks == wire_chunks(&release));
@@ -366,6 +366,7 @@ async fn on_s3_uploads_downloads_and_orphans_behave_the_same() {
     let data = h.dir.path().join("data");
     h.server.shutdown().await.unwrap();
     let mut config = aloft_server::ServerConfig::new(data, "127.0.0.1:0".parse().unwrap());
+    config.store = h.store.backend();
     config.payloads.objects = Some(objects);
     config.payloads.orphan_grace = Duration::ZERO;
     let server = aloft_server::start(config).await.unwrap();

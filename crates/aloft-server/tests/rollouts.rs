@@ -11,7 +11,9 @@ use aloft_protocol::UnixTime;
 use aloft_protocol::pb::{self, ReportKind, server_to_device::Kind};
 use aloft_server::ServerConfig;
 use aloft_server::clock::{Clock as _, ManualClock};
-use common::{Conn, Harness, Keys, TestDevice, authed, connect, now, start_with, upload};
+use common::{
+    Conn, Harness, Keys, TestDevice, TestStore, authed, connect, now, start_with, upload,
+};
 use tonic::Code;
 
 const RELEASE: &str = "sensor-1.1.0";
@@ -186,7 +188,8 @@ impl Setup {
 }
 
 async fn maybe_next(conn: &mut Conn) -> Option<Kind> {
-    match tokio::time::timeout(Duration::from_millis(500), conn.inbound.message()).await {
+    // Long enough for a decision on a loaded machine (and on PostgreSQL).
+    match tokio::time::timeout(Duration::from_millis(1500), conn.inbound.message()).await {
         Err(_) => None,
         Ok(Ok(Some(m))) => m.kind,
         Ok(other) => panic!("session ended: {other:?}"),
@@ -766,8 +769,10 @@ async fn rollout_state_survives_a_restart() {
     let data = dir.path().join("data");
     let keys = Keys::new();
     let clock = Arc::new(ManualClock::new(UnixTime(now())));
+    let store = TestStore::new();
     let config = || {
         let mut c = ServerConfig::new(&data, "127.0.0.1:0".parse().unwrap());
+        c.store = store.backend();
         fast(&mut c, &clock);
         c
     };

@@ -943,7 +943,12 @@ async fn state_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let keys = Keys::new();
-    let config = || aloft_server::ServerConfig::new(&data, "127.0.0.1:0".parse().unwrap());
+    let store = TestStore::new();
+    let config = || {
+        let mut c = aloft_server::ServerConfig::new(&data, "127.0.0.1:0".parse().unwrap());
+        c.store = store.backend();
+        c
+    };
     let server = aloft_server::start(config()).await.unwrap();
     let token = server.admin_token().to_owned();
     let pk = server.server_public_key();

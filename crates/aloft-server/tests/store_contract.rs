@@ -667,6 +667,48 @@ fn migration_2_fills_the_attribute_columns_of_devices_stored_before_it() {
     );
 }
 
+/// Two handles on one database, as two replicas: the first's remembered
+/// bytes of a device (its first compare-and-swap guess) go stale when the
+/// second writes, and the first's update must still apply to the fresh
+/// record, never over it.
+#[test]
+fn an_update_after_another_replica_wrote_applies_to_the_fresh_record() {
+    let db = pg::TestDb::migrated();
+    let one = PgStore::connect(&db.url).unwrap();
+    let two = PgStore::connect(&db.url).unwrap();
+    assert!(one.insert_device(&device("shared", "sensor")).unwrap());
+    one.device(&id("shared")).unwrap().unwrap();
+    two.update_device(&id("shared"), &mut |d| {
+        d.firmware_version = "2.0.0".into();
+        true
+    })
+    .unwrap();
+    let after = one
+        .update_device(&id("shared"), &mut |d| {
+            d.status_seq += 1;
+            true
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (after.firmware_version.as_str(), after.status_seq),
+        ("2.0.0", 1)
+    );
+    // A closure that changes nothing returns the stored record, not the guess.
+    one.device(&id("shared")).unwrap().unwrap();
+    two.update_device(&id("shared"), &mut |d| {
+        d.firmware_version = "3.0.0".into();
+        true
+    })
+    .unwrap();
+    let unchanged = one
+        .update_device(&id("shared"), &mut |_| false)
+        .unwrap()
+        .unwrap();
+    assert_eq!(unchanged.firmware_version, "3.0.0");
+    assert_eq!(one.device(&id("shared")).unwrap().unwrap().status_seq, 1);
+}
+
 #[test]
 fn a_database_newer_than_this_server_is_refused_by_the_server_and_by_migrate() {
     let db = pg::TestDb::migrated();

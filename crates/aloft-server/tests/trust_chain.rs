@@ -16,7 +16,7 @@ use aloft_protocol::trust::VerifiedTrustRoot;
 use aloft_protocol::{PublicKey, SecretKey, UnixTime};
 use aloft_server::clock::ManualClock;
 use aloft_server::{RunningServer, ServerConfig};
-use common::{Harness, Keys, TestDevice, authed, connect, now, upload};
+use common::{Harness, Keys, TestDevice, TestStore, authed, connect, now, upload};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -80,8 +80,13 @@ async fn history(channel: &Channel, token: &str) -> Vec<u32> {
         .collect()
 }
 
-async fn start_at(data: &std::path::Path, clock: &Arc<ManualClock>) -> (RunningServer, Channel) {
+async fn start_at(
+    data: &std::path::Path,
+    store: &TestStore,
+    clock: &Arc<ManualClock>,
+) -> (RunningServer, Channel) {
     let mut config = ServerConfig::new(data, "127.0.0.1:0".parse().unwrap());
+    config.store = store.backend();
     config.clock = clock.clone();
     let server = aloft_server::start(config).await.unwrap();
     let channel = connect(server.local_addr(), None).await;
@@ -94,10 +99,11 @@ async fn start_at(data: &std::path::Path, clock: &Arc<ManualClock>) -> (RunningS
 async fn an_expired_stored_root_is_kept_and_still_guards_the_next_rotation() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    let store = TestStore::new();
     let t0 = now();
     let clock = Arc::new(ManualClock::new(UnixTime(t0)));
     let keys = Keys::new();
-    let (server, channel) = start_at(&data, &clock).await;
+    let (server, channel) = start_at(&data, &store, &clock).await;
     let token = server.admin_token().to_owned();
     let pk = server.server_public_key();
     let v1 = root(1, t0 + HOUR, &keys.root, &keys.release, &pk, &[&keys.root]);
@@ -106,7 +112,7 @@ async fn an_expired_stored_root_is_kept_and_still_guards_the_next_rotation() {
 
     // Two hours later v1 has expired; the server restarts.
     clock.set(UnixTime(t0 + 2 * HOUR));
-    let (server, channel) = start_at(&data, &clock).await;
+    let (server, channel) = start_at(&data, &store, &clock).await;
     let admin = pb::admin_service_client::AdminServiceClient::new(channel.clone());
     let info = admin
         .clone()
@@ -172,7 +178,7 @@ async fn an_expired_stored_root_is_kept_and_still_guards_the_next_rotation() {
     assert_eq!(history(&channel, &token).await, [1, 2]);
     server.shutdown().await.unwrap();
     // The whole chain survives another restart.
-    let (server, channel) = start_at(&data, &clock).await;
+    let (server, channel) = start_at(&data, &store, &clock).await;
     assert_eq!(history(&channel, &token).await, [1, 2]);
     server.shutdown().await.unwrap();
 }
@@ -314,9 +320,10 @@ async fn a_lagging_device_gets_the_successors_it_lacks_before_its_offer() {
 async fn the_server_switches_to_the_next_directive_key_once_a_root_lists_it() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    let store = TestStore::new();
     let clock = Arc::new(ManualClock::new(UnixTime(now())));
     let keys = Keys::new();
-    let (server, channel) = start_at(&data, &clock).await;
+    let (server, channel) = start_at(&data, &store, &clock).await;
     let token = server.admin_token().to_owned();
     let old = server.server_public_key();
     let t0 = now();
@@ -419,7 +426,7 @@ async fn the_server_switches_to_the_next_directive_key_once_a_root_lists_it() {
     server.shutdown().await.unwrap();
 
     // After a restart the server keeps signing with the new key.
-    let (server, _channel) = start_at(&data, &clock).await;
+    let (server, _channel) = start_at(&data, &store, &clock).await;
     assert_eq!(server.server_public_key(), next.public_key());
     server.shutdown().await.unwrap();
 }

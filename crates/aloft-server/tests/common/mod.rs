@@ -151,9 +151,37 @@ pub struct Harness {
     pub dir: tempfile::TempDir,
     pub channel: Channel,
     pub keys: Keys,
-    /// The server's PostgreSQL database when `ALOFT_TEST_STORE=postgres`
-    /// (dropped with the harness).
-    pub db: Option<pg::TestDb>,
+    /// Where the server's records live.
+    pub store: TestStore,
+}
+
+/// The store a test's servers run on: sled under their data directory, or
+/// with `ALOFT_TEST_STORE=postgres` one PostgreSQL database for the whole
+/// test (servers it restarts find their records), dropped with this value.
+pub struct TestStore {
+    db: Option<pg::TestDb>,
+}
+
+impl TestStore {
+    /// As `ALOFT_TEST_STORE` says (`cargo xtask ci` runs both).
+    pub fn new() -> Self {
+        Self {
+            db: pg::selected().then(pg::TestDb::migrated),
+        }
+    }
+
+    /// Always sled (a test of sled itself).
+    pub fn sled() -> Self {
+        Self { db: None }
+    }
+
+    /// For `ServerConfig::store`.
+    pub fn backend(&self) -> aloft_server::StoreBackend {
+        match &self.db {
+            Some(db) => aloft_server::StoreBackend::Postgres(db.url.clone()),
+            None => aloft_server::StoreBackend::Sled,
+        }
+    }
 }
 
 pub async fn start_with(tls: bool, tweak: impl FnOnce(&mut ServerConfig)) -> Harness {
@@ -167,10 +195,8 @@ pub async fn start_with(tls: bool, tweak: impl FnOnce(&mut ServerConfig)) -> Har
         None
     };
     // The same tests on either backend (`cargo xtask ci` runs both).
-    let db = pg::selected().then(pg::TestDb::migrated);
-    if let Some(db) = &db {
-        config.store = aloft_server::StoreBackend::Postgres(db.url.clone());
-    }
+    let store = TestStore::new();
+    config.store = store.backend();
     tweak(&mut config);
     let server = aloft_server::start(config).await.unwrap();
     let channel = connect(server.local_addr(), ca.as_deref()).await;
@@ -179,7 +205,7 @@ pub async fn start_with(tls: bool, tweak: impl FnOnce(&mut ServerConfig)) -> Har
         dir,
         channel,
         keys: Keys::new(),
-        db,
+        store,
     }
 }
 
