@@ -93,6 +93,15 @@ impl From<StoreError> for tonic::Status {
             StoreError::Unavailable(_) | StoreError::Schema { .. } => tonic::Status::unavailable(
                 format!("storage unavailable, nothing was written; retry later: {e}"),
             ),
+            // The connection failed, not the statement: PostgreSQL went
+            // away mid-call. No commit was acknowledged to the server, so
+            // none is to the caller; one may still have happened.
+            StoreError::Postgres(ref pg) if pg.as_db_error().is_none() => {
+                tonic::Status::unavailable(format!(
+                    "storage unavailable (the database connection failed mid-call; the change \
+                     may not have been saved); retry later: {e}"
+                ))
+            }
             StoreError::Unsupported(what) => tonic::Status::failed_precondition(what),
             _ => tonic::Status::internal(format!("storage failure: {e}")),
         }

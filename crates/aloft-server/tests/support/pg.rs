@@ -123,3 +123,163 @@ impl Drop for TestDb {
         );
     }
 }
+
+/// A PostgreSQL server of one test's own (initdb in a temporary
+/// directory, a free loopback port), so the test can kill -9 and restart
+/// it without touching the machine's server. Run as the `postgres` user
+/// (through setpriv) when the test runs as root, which PostgreSQL refuses.
+pub struct PrivateCluster {
+    dir: tempfile::TempDir,
+    bin: std::path::PathBuf,
+    /// `127.0.0.1`.
+    pub port: u16,
+    /// The process group of the running postmaster and its backends.
+    group: Option<std::process::Child>,
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// The newest installed PostgreSQL's binaries.
+fn pg_bin() -> std::path::PathBuf {
+    let mut versions: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL's binaries under /usr/lib/postgresql")
+        .filter_map(|e| Some(e.ok()?.path().join("bin")))
+        .filter(|p| p.join("initdb").is_file())
+        .collect();
+    versions.sort();
+    versions.pop().expect("an installed PostgreSQL with initdb")
+}
+
+/// `program args` as the postgres user when root (setpriv executes it in
+/// place, so the child is the program itself).
+fn as_owner(program: &std::path::Path) -> std::process::Command {
+    if is_root() {
+        let mut c = std::process::Command::new("setpriv");
+        c.args([
+            "--reuid=postgres",
+            "--regid=postgres",
+            "--init-groups",
+            "--",
+        ])
+        .arg(program);
+        c
+    } else {
+        std::process::Command::new(program)
+    }
+}
+
+impl PrivateCluster {
+    /// Creates and starts the cluster (user `postgres`, trust authentication).
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        if is_root() {
+            let ok = std::process::Command::new("chown")
+                .args(["-R", "postgres:"])
+                .arg(dir.path())
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "chown the cluster directory to postgres");
+        }
+        let bin = pg_bin();
+        let out = as_owner(&bin.join("initdb"))
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+            .arg(dir.path().join("data"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cluster = Self {
+            dir,
+            bin,
+            port,
+            group: None,
+        };
+        cluster.run();
+        cluster
+    }
+
+    /// `postgres://postgres@127.0.0.1:PORT/postgres`.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Starts the postmaster on the cluster's port and waits until it
+    /// answers (after a crash, again until the killed backends are gone).
+    pub fn run(&mut self) {
+        use std::os::unix::process::CommandExt as _;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut child = as_owner(&self.bin.join("postgres"))
+                .arg("-D")
+                .arg(self.dir.path().join("data"))
+                .args([
+                    "-p",
+                    &self.port.to_string(),
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-k",
+                ])
+                .arg(self.dir.path())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(self.dir.path().join("log")).unwrap())
+                .process_group(0)
+                .spawn()
+                .unwrap();
+            loop {
+                if admin(&self.url(), "SELECT 1".into()).is_ok() {
+                    self.group = Some(child);
+                    return;
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the private PostgreSQL did not start: {}",
+                std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// SIGKILL to the postmaster and every backend at once (a crash).
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.group.take() {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", "--", &format!("-{}", child.id())])
+                .status();
+            let _ = child.wait();
+        }
+        // Every process of the group is gone once the port refuses.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "PostgreSQL survived kill -9"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
