@@ -467,6 +467,24 @@ pub struct Payloads {
     local_dir: Option<PathBuf>,
     /// For logs: `file:///...` or `s3://bucket/prefix`.
     describe: String,
+    /// Batches of payload bytes read lately, by object and byte range
+    /// (see [`HOT_CACHE_BYTES`]).
+    hot: quick_cache::sync::Cache<(String, u64, u64), Bytes, ByLength>,
+}
+
+/// Bytes of payload batches kept in memory: a rollout's devices download
+/// the same release, so one read from the object store serves them all
+/// (objects are immutable once published, so an entry is never stale).
+pub const HOT_CACHE_BYTES: u64 = 64 << 20;
+
+/// Weighs a cached batch by its length.
+#[derive(Clone)]
+struct ByLength;
+
+impl quick_cache::Weighter<(String, u64, u64), Bytes> for ByLength {
+    fn weight(&self, _key: &(String, u64, u64), value: &Bytes) -> u64 {
+        value.len().max(1) as u64
+    }
 }
 
 /// An object store just opened, before the `releases/` root is set.
@@ -566,6 +584,11 @@ impl Payloads {
             urls: config.urls.clone(),
             local_dir,
             describe,
+            hot: quick_cache::sync::Cache::with_weighter(
+                (HOT_CACHE_BYTES / READ_BATCH_BYTES) as usize,
+                HOT_CACHE_BYTES,
+                ByLength,
+            ),
         })
     }
 
@@ -619,18 +642,26 @@ impl Payloads {
     ) -> Result<Vec<Bytes>, PayloadError> {
         let start = params.chunk_offset(chunks.start);
         let end = params.chunk_offset(chunks.end);
+        // Concurrent readers of one batch wait for a single read.
+        let key = (location.to_string(), start, end);
         let data = self
-            .store
-            .get_range(location, start..end)
-            .await
-            .map_err(PayloadError::object("read", location))?;
-        if data.len() as u64 != end - start {
-            return Err(PayloadError::ShortRead {
-                location: location.to_string(),
-                expected: end - start,
-                got: data.len() as u64,
-            });
-        }
+            .hot
+            .get_or_insert_async(&key, async {
+                let data = self
+                    .store
+                    .get_range(location, start..end)
+                    .await
+                    .map_err(PayloadError::object("read", location))?;
+                if data.len() as u64 != end - start {
+                    return Err(PayloadError::ShortRead {
+                        location: location.to_string(),
+                        expected: end - start,
+                        got: data.len() as u64,
+                    });
+                }
+                Ok(data)
+            })
+            .await?;
         Ok(chunks
             .map(|i| {
                 let at = (params.chunk_offset(i) - start) as usize;

@@ -111,6 +111,19 @@ async fn the_object_holds_the_chunks_as_they_travel_and_downloads_read_it() {
             .map(|c| c.data.clone())
             .eq(wire[1001..].iter().cloned())
     );
+    // Batches read once are served from memory to the next downloads (the
+    // object could even be gone).
+    std::fs::remove_file(objects.join(&files[0])).unwrap();
+    let again = download(&h.channel, Some(&token), "big-1.1.0", 0)
+        .await
+        .unwrap();
+    assert!(
+        again
+            .iter()
+            .map(|c| c.data.clone())
+            .eq(wire.iter().cloned()),
+        "served from the hot cache"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
