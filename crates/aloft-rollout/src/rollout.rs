@@ -539,12 +539,26 @@ impl Rollout {
         if progress.current_stage >= n {
             return Err(Error::InvalidField("restored current stage"));
         }
+        // One pass, no copies: tallies and deadlines as `put` keeps them,
+        // the map built at once from the records (bulk, for a large fleet).
+        let mut records = Vec::new();
+        let mut deadlines = Vec::new();
         for (id, rec) in devices {
             if rec.stage.is_some_and(|s| s >= n) {
                 return Err(Error::InvalidField("restored device stage"));
             }
-            r.put(&id, Some(rec));
+            r.tallies[Self::slot(rec.stage, n)].0[rec.outcome.index()] += 1;
+            if let Some(d) = r.deadline(&rec) {
+                deadlines.push((d, id.clone()));
+            }
+            records.push((id, rec));
         }
+        let restored = records.len();
+        r.devices = records.into_iter().collect();
+        if r.devices.len() != restored {
+            return Err(Error::InvalidField("restored device listed twice"));
+        }
+        r.deadlines = deadlines.into_iter().collect();
         r.state = progress.state;
         r.current = progress.current_stage;
         r.stage_started_at = progress.stage_started_at;

@@ -697,6 +697,13 @@ fn restore_rebuilds_the_same_rollout() {
         Rollout::restore(spec("", stages.clone()), bad, devices.clone()).unwrap_err(),
         Error::InvalidField("restored current stage")
     );
+    let mut twice = devices.clone();
+    twice.push(devices[0].clone());
+    assert_eq!(
+        Rollout::restore(spec("", stages.clone()), r.progress(), twice).unwrap_err(),
+        Error::InvalidField("restored device listed twice"),
+        "a device counted twice would skew the tallies"
+    );
     let mut bad_devices = devices;
     bad_devices[0].1.stage = Some(5);
     assert_eq!(
