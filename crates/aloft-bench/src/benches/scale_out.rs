@@ -340,6 +340,63 @@ async fn run(ctx: &Ctx) -> anyhow::Result<BenchResult> {
     let create_ms = started.elapsed().as_secs_f64() * 1e3;
     drop(pg1);
 
+    // The rollout's device table as a first wave leaves it (every device
+    // offered), written straight through the store; then what a restart
+    // and a quiet tick cost on PostgreSQL.
+    let url = db.url.clone();
+    let (restored, reload_s, tick_ms) =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<(usize, f64, f64)> {
+            use aloft_server::store::{RolloutDeviceRecord, Store as _};
+            let store = std::sync::Arc::new(aloft_server::pg_store::PgStore::connect(&url)?);
+            let now = server::now();
+            let mut batch = Vec::with_capacity(10_000);
+            for i in 0..fleet {
+                if i.is_multiple_of(997) {
+                    continue; // lab devices are not in the rollout
+                }
+                let id = aloft_protocol::DeviceId::new(&format!("dev-{i:07}"))
+                    .map_err(|e| anyhow!("device id: {e}"))?;
+                batch.push((
+                    id,
+                    RolloutDeviceRecord {
+                        outcome: 1,
+                        stage: 1,
+                        since: now,
+                        offers: 1,
+                        ..Default::default()
+                    },
+                ));
+                if batch.len() == 10_000 {
+                    store.save_rollout("fleet", None, &batch)?;
+                    batch.clear();
+                }
+            }
+            store.save_rollout("fleet", None, &batch)?;
+            let restored = store.rollout_devices("fleet")?.len();
+            let dyn_store: std::sync::Arc<dyn aloft_server::store::Store> = store;
+            let started = Instant::now();
+            let rollouts = aloft_server::rollouts::Rollouts::load(
+                dyn_store,
+                aloft_server::rollouts::RolloutSettings::default(),
+            )
+            .map_err(|e| anyhow!("loading rollouts: {e}"))?;
+            let reload_s = started.elapsed().as_secs_f64();
+            let mut ticks = Vec::new();
+            for k in 1..=21u64 {
+                let started = Instant::now();
+                rollouts
+                    .tick(aloft_protocol::UnixTime(now + k))
+                    .map_err(|e| anyhow!("tick: {e}"))?;
+                ticks.push(started.elapsed().as_secs_f64() * 1e3);
+            }
+            ticks.remove(0);
+            Ok((restored, reload_s, median(&ticks)))
+        })
+        .await??;
+    println!(
+        "  restart with {restored} rollout device records: {reload_s:.2} s, quiet tick {tick_ms:.3} ms"
+    );
+
     let mut f = Table::new(
         &format!("{fleet} device records in PostgreSQL, through the server's admin API"),
         &["step", "time"],
@@ -366,6 +423,14 @@ async fn run(ctx: &Ctx) -> anyhow::Result<BenchResult> {
         "CreateRollout over the fleet".to_string(),
         format!("{create_ms:.1} ms"),
     ]);
+    f.row(&[
+        format!("restart: Rollouts::load with {restored} rollout device records (all offered)"),
+        format!("{reload_s:.2} s"),
+    ]);
+    f.row(&[
+        "Rollouts::tick with nothing due (median of 20)".to_string(),
+        format!("{tick_ms:.3} ms"),
+    ]);
     r.tables.push(f);
     r.figure("fill_secs", fill_secs);
     r.figure("page_ms", filtered_ms);
@@ -382,6 +447,20 @@ async fn run(ctx: &Ctx) -> anyhow::Result<BenchResult> {
         "< 2 s",
         format!("{create_ms:.1} ms"),
         Some(create_ms < 2000.0),
+    );
+    r.figure("reload_s", reload_s);
+    r.figure("tick_ms", tick_ms);
+    r.goal(
+        &format!("restart with {restored} rollout device records on PostgreSQL (Rollouts::load)"),
+        "< 1 s",
+        format!("{reload_s:.2} s"),
+        Some(reload_s < 1.0 && fleet >= 1_000_000),
+    );
+    r.goal(
+        &format!("a rollout tick with nothing to do, {fleet} devices, on PostgreSQL"),
+        "< 1 ms",
+        format!("{tick_ms:.3} ms"),
+        Some(tick_ms < 1.0 && fleet >= 1_000_000),
     );
     r.note(
         "What this 2-core machine shows: the cost of the database round trips per check-in and \
