@@ -629,7 +629,9 @@ pub(crate) fn append<F: NorFlash>(
 ) -> Result<(), Error> {
     let len = record_len::<F>();
     let mut buf = [0xFFu8; RECORD_MAX];
-    let seq = pos.seq + 1;
+    let Some(seq) = pos.seq.checked_add(1) else {
+        return renumber(flash, layout, pos, state);
+    };
     state.encode(seq, &mut buf);
     let (bank, index) = if pos.next < per_bank::<F>(layout) {
         (pos.bank, pos.next)
@@ -648,6 +650,41 @@ pub(crate) fn append<F: NorFlash>(
         bank,
         next: index + 1,
         seq,
+    };
+    Ok(())
+}
+
+/// [`append`] when the sequence number has run out (a log written four
+/// billion times, or a damaged one whose valid record claims `u32::MAX`):
+/// writes `state` as record 1 at the start of the other half, then erases
+/// this half, whose records would otherwise outrank it. A power cut before
+/// that erase completes leaves the old newest record in charge (the append
+/// is lost, as with any cut before a write completes) and the next append
+/// renumbers again; after it, only record 1 remains.
+fn renumber<F: NorFlash>(
+    flash: &mut F,
+    layout: &Layout,
+    pos: &mut LogPos,
+    state: &State,
+) -> Result<(), Error> {
+    let len = record_len::<F>();
+    let mut buf = [0xFFu8; RECORD_MAX];
+    state.encode(1, &mut buf);
+    let other = 1 - pos.bank;
+    let half = |bank: u32| layout.state.offset + bank * layout.bank_size();
+    flash
+        .erase(half(other), half(other) + layout.bank_size())
+        .map_err(Error::flash)?;
+    flash
+        .write(record_offset::<F>(layout, other, 0), &buf[..len])
+        .map_err(Error::flash)?;
+    flash
+        .erase(half(pos.bank), half(pos.bank) + layout.bank_size())
+        .map_err(Error::flash)?;
+    *pos = LogPos {
+        bank: other,
+        next: 1,
+        seq: 1,
     };
     Ok(())
 }
@@ -730,6 +767,42 @@ mod tests {
             bad[i] ^= 0x10;
             assert_eq!(State::decode(&bad[..RAW_LEN]), None, "flip at byte {i}");
         }
+    }
+
+    /// Found by the `device_state` fuzz target: a valid record with sequence
+    /// number `u32::MAX` made the next append overflow (a panic in a debug
+    /// build; in release the new record, numbered 0, lost to the old one).
+    #[cfg(feature = "sim")]
+    #[test]
+    fn a_log_whose_sequence_ran_out_starts_again_at_one_and_keeps_the_newest_state() {
+        use crate::layout::Partition;
+        let layout = Layout {
+            state: Partition::new(0, 8192, 1024),
+            slot_a: Partition::new(8192, 16384, 1024),
+            slot_b: Partition::new(24576, 16384, 1024),
+            manifest_area: 1024,
+            trust_area: 1024,
+        };
+        let mut flash = crate::sim::SimFlash::<4, 1024>::uniform(40);
+        let mut pos = format(&mut flash, &layout, &sample()).unwrap();
+        pos.seq = u32::MAX - 1;
+        let mut s = sample();
+        s.server_ahead = 1;
+        append(&mut flash, &layout, &mut pos, &s).unwrap();
+        assert_eq!(load(&mut flash, &layout).unwrap().1.seq, u32::MAX);
+        // The next append renumbers instead of overflowing.
+        s.server_ahead = 2;
+        append(&mut flash, &layout, &mut pos, &s).unwrap();
+        let (loaded, at) = load(&mut flash, &layout).unwrap();
+        assert_eq!(
+            (loaded.server_ahead, at.seq),
+            (2, 1),
+            "the newest state wins"
+        );
+        s.server_ahead = 3;
+        append(&mut flash, &layout, &mut pos, &s).unwrap();
+        let (loaded, at) = load(&mut flash, &layout).unwrap();
+        assert_eq!((loaded.server_ahead, at.seq), (3, 2));
     }
 
     #[test]
