@@ -447,8 +447,11 @@ pub(crate) fn open_sled(path: &Path) -> sled::Result<sled::Db> {
     let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
     loop {
         match sled::Config::new().path(path).open() {
+            // sled reports the lock as `ErrorKind::Other` with the OS
+            // error (EWOULDBLOCK) in its message.
             Err(sled::Error::Io(e))
-                if e.kind() == std::io::ErrorKind::WouldBlock
+                if (e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.to_string().contains("could not acquire lock"))
                     && std::time::Instant::now() < deadline =>
             {
                 std::thread::sleep(std::time::Duration::from_millis(10));
